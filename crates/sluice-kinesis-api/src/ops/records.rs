@@ -1,0 +1,507 @@
+//! The data plane: PutRecord, PutRecords, GetShardIterator, GetRecords.
+//!
+//! A put validates every entry, routes it by MD5(partition key) or ExplicitHashKey to the open
+//! shard whose range holds it, admits it against the shard's limits, and hands the accepted
+//! entries to the store as one group-committed append; the answer is sent only after the store
+//! has made them durable. Reads decode a signed iterator, read up to 10,000 records / 10 MiB
+//! from the shard's log and hand back a fresh iterator.
+
+use std::borrow::Cow;
+
+use metrics::counter;
+use sluice_core::hash::{HashKeyError, parse_hash_key};
+use sluice_core::iterator::IteratorError;
+use sluice_core::seq::END_ORDINAL;
+use sluice_core::{SequenceNumber, ShardId, ShardIterator, partition_key_hash};
+use sluice_storage::{AppendRecord, StorageError, StreamMeta, StreamStatus};
+
+use super::{child_shards_out, find_shard, shard_id_member};
+use crate::error::ApiError;
+use crate::input::{Checker, Fields};
+use crate::obj;
+use crate::state::{AppState, Ctx, stream_name};
+use crate::value::Out;
+
+/// Most records one GetRecords call returns.
+pub const MAX_GET_RECORDS: i64 = 10_000;
+/// Most bytes one GetRecords call returns.
+pub const MAX_GET_BYTES: usize = 10 * 1024 * 1024;
+/// Most bytes of data + keys in one PutRecords call (5 MiB, or one maximum-size record).
+pub const MAX_PUT_RECORDS_BYTES: usize = 5 * 1024 * 1024;
+
+const ITERATOR_TYPES: [&str; 5] =
+    ["AT_SEQUENCE_NUMBER", "AFTER_SEQUENCE_NUMBER", "TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"];
+
+fn is_sequence_syntax(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 129 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'))
+}
+
+/// One decoded put entry.
+struct Entry<'r> {
+    data: Cow<'r, [u8]>,
+    key: &'r str,
+    hash: Option<&'r str>,
+}
+
+/// Reads and checks one `{Data, PartitionKey, ExplicitHashKey}` entry; `prefix` is the member
+/// path prefix for messages (`` or `records.3.member.`).
+fn read_entry<'r>(
+    f: &Fields<'r, '_>,
+    check: &mut Checker,
+    prefix: &str,
+    max_record: usize,
+) -> Result<Option<Entry<'r>>, ApiError> {
+    let data = check.required(f.blob("Data")?, &format!("{prefix}data"));
+    check.blob_size(data.as_ref().map(|d| d.len()), &format!("{prefix}data"), max_record);
+    let key = check.required(f.str("PartitionKey")?, &format!("{prefix}partitionKey"));
+    check.length(key, &format!("{prefix}partitionKey"), 1, 256);
+    let hash = f.str("ExplicitHashKey")?;
+    check.pattern(
+        hash,
+        &format!("{prefix}explicitHashKey"),
+        |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
+        "0|([1-9]\\d{0,38})",
+    );
+    Ok(match (data, key) {
+        (Some(data), Some(key)) => Some(Entry { data, key, hash }),
+        _ => None,
+    })
+}
+
+fn hash_of(e: &Entry<'_>) -> Result<u128, ApiError> {
+    match e.hash {
+        Some(h) => parse_hash_key(h).map_err(|_| {
+            ApiError::invalid_argument(format!(
+                "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {h}"
+            ))
+        }),
+        None => Ok(partition_key_hash(e.key)),
+    }
+}
+
+/// Open shards of a stream as (start, end, index), sorted by start, for routing.
+fn routing_table(meta: &StreamMeta) -> Vec<(u128, u128, u32)> {
+    let mut t: Vec<(u128, u128, u32)> = meta.open_shards().map(|s| (s.range.start, s.range.end, s.index)).collect();
+    t.sort_unstable();
+    t
+}
+
+fn route(table: &[(u128, u128, u32)], hash: u128) -> Option<u32> {
+    let i = table.partition_point(|(start, _, _)| *start <= hash);
+    i.checked_sub(1).map(|i| table[i]).filter(|(_, end, _)| hash <= *end).map(|(_, _, idx)| idx)
+}
+
+fn writable<'c>(
+    st: &AppState,
+    cat: &'c sluice_storage::Catalog,
+    name: &str,
+    now: u64,
+) -> Result<&'c StreamMeta, ApiError> {
+    let meta = st.find(cat, name, now)?;
+    match st.status(meta, now) {
+        StreamStatus::Active | StreamStatus::Updating => Ok(meta),
+        _ => Err(st.stream_not_found(name)),
+    }
+}
+
+fn max_record_bytes(st: &AppState, name: Option<&str>) -> usize {
+    let cat = st.store.catalog();
+    name.and_then(|n| cat.streams.get(n)).map_or(1024, |m| m.max_record_size_kib as usize) * 1024
+}
+
+fn throttled_message(st: &AppState, name: &str, shard: u32) -> String {
+    format!("Rate exceeded for shard {} in stream {name} under account {}.", ShardId(shard), st.config.account_id)
+}
+
+/// Outcome of routing and admitting one entry.
+enum Slot {
+    /// Index into the append batch.
+    Accepted(usize),
+    /// Refused by the shard's throughput limit.
+    Throttled(u32),
+}
+
+/// Routes, admits and appends; returns per-entry results in request order, each
+/// `Ok((shard, sequence number))` or `Err(shard)` when throttled.
+async fn append_entries(
+    st: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    entries: &[Entry<'_>],
+    hashes: &[u128],
+) -> Result<Vec<Result<(u32, SequenceNumber), u32>>, ApiError> {
+    // A reshard between routing and appending makes the store refuse the batch (the shard is
+    // closed); route again against the new shard map. Nothing was appended in that case.
+    for _attempt in 0..8 {
+        let cat = st.store.catalog();
+        let meta = writable(st, &cat, name, ctx.now_ms)?;
+        let table = routing_table(meta);
+        let mut batch = Vec::with_capacity(entries.len());
+        let mut slots = Vec::with_capacity(entries.len());
+        for (e, &h) in entries.iter().zip(hashes) {
+            let shard = route(&table, h).ok_or_else(|| ApiError::internal("No open shard covers the hash key"))?;
+            if st.limits.admit_write((meta.tag, shard), e.data.len() + e.key.len()) {
+                slots.push(Slot::Accepted(batch.len()));
+                batch.push(AppendRecord { shard, partition_key: e.key.to_owned(), data: e.data.to_vec() });
+            } else {
+                slots.push(Slot::Throttled(shard));
+            }
+        }
+        let shards: Vec<u32> = batch.iter().map(|r| r.shard).collect();
+        let appended = if batch.is_empty() { Ok(Vec::new()) } else { st.store.append(name, meta.tag, batch).await };
+        match appended {
+            Ok(done) => {
+                let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+                counter!("sluice_records_in_total", "stream" => name.to_owned()).increment(done.len() as u64);
+                counter!("sluice_bytes_in_total", "stream" => name.to_owned()).increment(bytes as u64);
+                return Ok(slots
+                    .into_iter()
+                    .map(|slot| match slot {
+                        Slot::Accepted(i) => {
+                            let a = &done[i];
+                            let seq = SequenceNumber {
+                                stream_tag: meta.tag,
+                                shard: shards[i],
+                                ordinal: a.ordinal,
+                                arrival_ms: a.arrival_ms,
+                            };
+                            Ok((shards[i], seq))
+                        }
+                        Slot::Throttled(shard) => {
+                            counter!("sluice_records_throttled_total", "stream" => name.to_owned()).increment(1);
+                            Err(shard)
+                        }
+                    })
+                    .collect());
+            }
+            Err(StorageError::ShardClosed { .. }) => continue,
+            Err(StorageError::NoSuchStream) => return Err(st.stream_not_found(name)),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::unavailable("The stream is being resharded; retry the request."))
+}
+
+/// PutRecord.
+pub async fn put_record(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, ApiError> {
+    let mut check = Checker::new();
+    let name = stream_name(&f, &mut check)?;
+    let max_record = max_record_bytes(st, name);
+    let entry = read_entry(&f, &mut check, "", max_record)?;
+    let ordering = f.str("SequenceNumberForOrdering")?;
+    check.pattern(ordering, "sequenceNumberForOrdering", is_sequence_syntax, "0|([1-9]\\d{0,128})");
+    check.finish()?;
+    let (Some(name), Some(entry)) = (name, entry) else {
+        return Err(ApiError::validation("1 validation error detected: missing member"));
+    };
+    if let Some(o) = ordering
+        && o != "0"
+        && SequenceNumber::parse(o).is_err()
+    {
+        return Err(ApiError::invalid_argument(format!(
+            "ExclusiveMinimumSequenceNumber {o} used in PutRecord on stream {name} under account {} is invalid.",
+            st.config.account_id
+        )));
+    }
+    if entry.data.len() + entry.key.len() > max_record {
+        return Err(ApiError::invalid_argument(format!(
+            "Record size exceeds {max_record} bytes: data and partition key are {} bytes.",
+            entry.data.len() + entry.key.len()
+        )));
+    }
+    let hash = hash_of(&entry)?;
+    let results = append_entries(st, ctx, name, std::slice::from_ref(&entry), &[hash]).await?;
+    match results.into_iter().next() {
+        Some(Ok((shard, seq))) => Ok(obj![
+            ("ShardId", ShardId(shard).to_string()),
+            ("SequenceNumber", seq.to_string()),
+            ("EncryptionType", encryption_of(st, name)),
+        ]),
+        Some(Err(shard)) => Err(ApiError::throughput(throttled_message(st, name, shard))),
+        None => Err(ApiError::internal("no result")),
+    }
+}
+
+fn encryption_of(st: &AppState, name: &str) -> Option<&'static str> {
+    st.store.catalog().streams.get(name).and_then(|m| m.encryption_key.as_ref()).map(|_| "KMS")
+}
+
+/// PutRecords.
+pub async fn put_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, ApiError> {
+    let mut check = Checker::new();
+    let name = stream_name(&f, &mut check)?;
+    let max_record = max_record_bytes(st, name);
+    let list = check.required(f.list("Records")?, "records");
+    check.count(list.map(<[_]>::len), "records", 1, 500);
+    let mut entries = Vec::with_capacity(list.map_or(0, <[_]>::len));
+    if list.is_some_and(|l| l.len() <= 500) {
+        for (i, item) in list.unwrap_or_default().iter().enumerate() {
+            let ef = Fields::new(item, ctx.format, "Records")?;
+            if let Some(e) = read_entry(&ef, &mut check, &format!("records.{}.member.", i + 1), max_record)? {
+                entries.push(e);
+            }
+        }
+    }
+    check.finish()?;
+    let name = name.unwrap_or_default();
+    let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
+    if total > MAX_PUT_RECORDS_BYTES.max(max_record) {
+        return Err(ApiError::invalid_argument(format!(
+            "Records size exceeds {} MB limit",
+            MAX_PUT_RECORDS_BYTES.max(max_record) / (1024 * 1024)
+        )));
+    }
+    if let Some(e) = entries.iter().find(|e| e.data.len() + e.key.len() > max_record) {
+        return Err(ApiError::invalid_argument(format!(
+            "Record size exceeds {max_record} bytes: data and partition key are {} bytes.",
+            e.data.len() + e.key.len()
+        )));
+    }
+    let hashes = entries.iter().map(hash_of).collect::<Result<Vec<u128>, ApiError>>()?;
+    let results = append_entries(st, ctx, name, &entries, &hashes).await?;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    let records: Vec<Out> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok((shard, seq)) => obj![("SequenceNumber", seq.to_string()), ("ShardId", ShardId(shard).to_string())],
+            Err(shard) => obj![
+                ("ErrorCode", "ProvisionedThroughputExceededException"),
+                ("ErrorMessage", throttled_message(st, name, shard)),
+            ],
+        })
+        .collect();
+    Ok(obj![
+        ("FailedRecordCount", failed),
+        ("Records", Out::List(records)),
+        ("EncryptionType", encryption_of(st, name))
+    ])
+}
+
+/// GetShardIterator.
+pub fn get_shard_iterator(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, ApiError> {
+    let mut check = Checker::new();
+    let name = stream_name(&f, &mut check)?;
+    let shard = shard_id_member(&f, &mut check, "ShardId", true)?;
+    let kind = check.required(f.str("ShardIteratorType")?, "shardIteratorType");
+    check.one_of(kind, "shardIteratorType", &ITERATOR_TYPES);
+    let seq = f.str("StartingSequenceNumber")?;
+    check.pattern(seq, "startingSequenceNumber", is_sequence_syntax, "0|([1-9]\\d{0,128})");
+    let ts = f.timestamp("Timestamp")?;
+    check.finish()?;
+    let (Some(name), Some(shard), Some(kind)) = (name, shard, kind) else {
+        return Err(ApiError::validation("1 validation error detected: missing member"));
+    };
+    let cat = st.store.catalog();
+    let meta = st.find(&cat, name, ctx.now_ms)?;
+    let shard_meta = find_shard(st, meta, &shard).map_err(|_| {
+        ApiError::not_found(format!(
+            "Shard {} in stream {name} under account {} does not exist",
+            shard.0, st.config.account_id
+        ))
+    })?;
+    let index = shard_meta.index;
+    let position = resolve_position(st, ctx, meta, index, kind, seq, ts)?;
+    metrics::counter!("sluice_iterators_issued_total").increment(1);
+    let token =
+        ShardIterator { stream: name.to_owned(), stream_tag: meta.tag, shard: index, position, issued_ms: ctx.now_ms };
+    Ok(obj![("ShardIterator", token.encode(&st.secret))])
+}
+
+/// The ordinal an iterator of `kind` starts at (shared by GetShardIterator and SubscribeToShard).
+pub fn resolve_position(
+    st: &AppState,
+    ctx: &Ctx,
+    meta: &StreamMeta,
+    index: u32,
+    kind: &str,
+    seq: Option<&str>,
+    ts: Option<i64>,
+) -> Result<u64, ApiError> {
+    let name = meta.name.as_str();
+    let needs_seq = matches!(kind, "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER");
+    if needs_seq != seq.is_some() {
+        return Err(ApiError::invalid_argument(if needs_seq {
+            format!(
+                "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber. Request specified {kind} and no StartingSequenceNumber."
+            )
+        } else {
+            format!(
+                "Request specified {kind} and also a StartingSequenceNumber. Either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber."
+            )
+        }));
+    }
+    let pos = st.store.shard_position(name, meta.tag, index)?;
+    Ok(match kind {
+        "TRIM_HORIZON" => pos.first_ordinal,
+        "LATEST" => pos.next_ordinal,
+        "AT_TIMESTAMP" => {
+            let Some(ts) = ts else {
+                return Err(ApiError::invalid_argument(
+                    "Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP. Current request has no timestamp parameter.",
+                ));
+            };
+            if ts > ctx.now_ms as i64 {
+                return Err(ApiError::invalid_argument(format!(
+                    "The timestampInMillis parameter cannot be greater than the currentTimestampInMillis. timestampInMillis: {ts}, currentTimestampInMillis: {}",
+                    ctx.now_ms
+                )));
+            }
+            st.store.seek_timestamp(name, meta.tag, index, ts.max(0) as u64)?
+        }
+        _ => {
+            let s = seq.unwrap_or_default();
+            let parsed = SequenceNumber::parse(s).map_err(|_| {
+                ApiError::invalid_argument(format!(
+                    "StartingSequenceNumber {s} used in GetShardIterator on shard {} in stream {name} under account {} is invalid.",
+                    ShardId(index),
+                    st.config.account_id
+                ))
+            })?;
+            if parsed.stream_tag != meta.tag {
+                return Err(ApiError::invalid_argument(format!(
+                    "StartingSequenceNumber {s} used in GetShardIterator on shard {} in stream {name} under account {} is invalid because it did not come from this stream.",
+                    ShardId(index),
+                    st.config.account_id
+                )));
+            }
+            if parsed.shard != index {
+                return Err(ApiError::invalid_argument(format!(
+                    "Invalid StartingSequenceNumber. It encodes {}, while it was used in a call to a shard with {}",
+                    ShardId(parsed.shard),
+                    ShardId(index)
+                )));
+            }
+            let at = if parsed.ordinal == END_ORDINAL { pos.next_ordinal } else { parsed.ordinal.max(1) };
+            let at = if kind == "AFTER_SEQUENCE_NUMBER" && parsed.ordinal != 0 && parsed.ordinal != END_ORDINAL {
+                at + 1
+            } else {
+                at
+            };
+            at.min(pos.next_ordinal).max(pos.first_ordinal)
+        }
+    })
+}
+
+fn java_date(ms: u64) -> String {
+    format!("{ms} ms since the epoch")
+}
+
+/// GetRecords.
+pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, ApiError> {
+    let mut check = Checker::new();
+    let token = check.required(f.str("ShardIterator")?, "shardIterator");
+    check.length(token, "shardIterator", 1, 512);
+    let limit = f.int("Limit")?;
+    check.range(limit, "limit", 1, MAX_GET_RECORDS);
+    let _arn = f.str("StreamARN")?;
+    check.finish()?;
+    let iter = match ShardIterator::decode(token.unwrap_or_default(), &st.secret, ctx.now_ms) {
+        Ok(i) => i,
+        Err(IteratorError::Invalid) => return Err(ApiError::invalid_argument("Invalid ShardIterator.")),
+        Err(IteratorError::Expired) => {
+            // Decode again ignoring expiry to report when it was issued.
+            let issued =
+                ShardIterator::decode(token.unwrap_or_default(), &st.secret, 0).map(|i| i.issued_ms).unwrap_or(0);
+            return Err(ApiError::expired_iterator(format!(
+                "Iterator expired. The iterator was created at time {} while right now it is {} which is further in the future than the tolerated delay of 300000 milliseconds.",
+                java_date(issued),
+                java_date(ctx.now_ms)
+            )));
+        }
+    };
+    let cat = st.store.catalog();
+    let meta = match st.find(&cat, &iter.stream, ctx.now_ms) {
+        Ok(m) if m.tag == iter.stream_tag => m,
+        _ => return Err(st.stream_not_found(&iter.stream)),
+    };
+    let Some(shard) = meta.shard(iter.shard) else {
+        return Err(ApiError::not_found(format!(
+            "Shard {} in stream {} under account {} does not exist",
+            ShardId(iter.shard),
+            meta.name,
+            st.config.account_id
+        )));
+    };
+    let key = (meta.tag, shard.index);
+    if !st.limits.admit_read(key) {
+        counter!("sluice_reads_throttled_total", "stream" => meta.name.clone()).increment(1);
+        return Err(ApiError::throughput(throttled_message(st, &meta.name, shard.index)));
+    }
+    let max_bytes = MAX_GET_BYTES.min(st.limits.read_budget(key));
+    let batch = st.store.read(
+        &meta.name,
+        meta.tag,
+        shard.index,
+        iter.position,
+        limit.unwrap_or(MAX_GET_RECORDS) as usize,
+        max_bytes,
+    )?;
+    let bytes: usize = batch.records.iter().map(|r| r.data.len() + r.partition_key.len()).sum();
+    st.limits.charge_read_bytes(key, bytes);
+    counter!("sluice_records_out_total", "stream" => meta.name.clone()).increment(batch.records.len() as u64);
+    counter!("sluice_bytes_out_total", "stream" => meta.name.clone()).increment(bytes as u64);
+    let caught_up = batch.next_ordinal >= batch.tip.next_ordinal;
+    let millis_behind =
+        if caught_up { 0 } else { batch.records.last().map_or(0, |r| ctx.now_ms.saturating_sub(r.arrival_ms)) as i64 };
+    let at_end = caught_up && shard.closed_ms.is_some();
+    let encrypted = meta.encryption_key.is_some().then_some("KMS");
+    let records: Vec<Out> = batch
+        .records
+        .into_iter()
+        .map(|r| {
+            let seq = SequenceNumber {
+                stream_tag: meta.tag,
+                shard: shard.index,
+                ordinal: r.ordinal,
+                arrival_ms: r.arrival_ms,
+            };
+            obj![
+                ("SequenceNumber", seq.to_string()),
+                ("ApproximateArrivalTimestamp", Out::Timestamp(r.arrival_ms)),
+                ("Data", Out::Bytes(r.data)),
+                ("PartitionKey", r.partition_key),
+                ("EncryptionType", encrypted),
+            ]
+        })
+        .collect();
+    let next = (!at_end).then(|| {
+        ShardIterator {
+            stream: meta.name.clone(),
+            stream_tag: meta.tag,
+            shard: shard.index,
+            position: batch.next_ordinal,
+            issued_ms: ctx.now_ms,
+        }
+        .encode(&st.secret)
+    });
+    Ok(obj![
+        ("Records", Out::List(records)),
+        ("NextShardIterator", next),
+        ("MillisBehindLatest", millis_behind),
+        ("ChildShards", if at_end { child_shards_out(meta, shard.index) } else { Out::Null }),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_picks_the_range_holding_the_hash() {
+        let table = vec![(0, 9, 0), (10, 19, 4), (20, u128::MAX, 7)];
+        assert_eq!(route(&table, 0), Some(0));
+        assert_eq!(route(&table, 10), Some(4));
+        assert_eq!(route(&table, 19), Some(4));
+        assert_eq!(route(&table, u128::MAX), Some(7));
+        assert_eq!(route(&[(5, 9, 1)], 3), None);
+    }
+
+    #[test]
+    fn sequence_syntax() {
+        assert!(is_sequence_syntax("0"));
+        assert!(is_sequence_syntax("123"));
+        assert!(!is_sequence_syntax("0123"));
+        assert!(!is_sequence_syntax(""));
+        assert!(!is_sequence_syntax("12a"));
+    }
+}

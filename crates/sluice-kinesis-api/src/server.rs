@@ -1,0 +1,254 @@
+//! The HTTP layer: one place for protocol concerns.
+//!
+//! Every operation is `POST /` with `X-Amz-Target: Kinesis_20131202.<Op>`. This module checks
+//! the content type, target, signature headers and body size, decodes the body (JSON or CBOR)
+//! into one value tree, dispatches, and writes the answer or the error envelope in the same
+//! format with an `x-amzn-RequestId`. `GET /health` and `GET /metrics` serve operations.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http_body_util::BodyExt;
+use metrics::{counter, histogram};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::error::ApiError;
+use crate::input::Fields;
+use crate::obj;
+use crate::ops;
+use crate::state::{Ctx, Shared};
+use crate::subscribe;
+use crate::value::{self, Format};
+
+const TARGET_PREFIX: &str = "Kinesis_20131202.";
+
+/// Builds the router: the API on `POST` (any path), `/health` and `/metrics` on `GET`.
+pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
+    let metrics = Arc::new(metrics);
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    match m.as_ref() {
+                        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+                        None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+                    }
+                }
+            }),
+        )
+        .fallback(api)
+        .with_state(state)
+}
+
+async fn health(State(st): State<Shared>) -> Response {
+    let cat = st.store.catalog();
+    let body = format!("{{\"status\":\"ok\",\"streams\":{}}}", cat.streams.len());
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn format_of(headers: &HeaderMap) -> Option<Format> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let ct = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match ct.as_str() {
+        "application/x-amz-json-1.1" | "application/x-amz-json-1.0" | "application/json" => Some(Format::Json),
+        "application/x-amz-cbor-1.1" | "application/cbor" => Some(Format::Cbor),
+        _ => None,
+    }
+}
+
+/// Checks that SigV4 headers are present and well formed (as kinesalite and the service do
+/// before looking at the signature), and returns the region of the credential scope.
+fn check_auth(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, ApiError> {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let query_auth = query.is_some_and(|q| q.contains("X-Amz-Algorithm="));
+    match (auth, query_auth) {
+        (Some(_), true) => Err(ApiError::invalid_signature(
+            "Found both 'X-Amz-Algorithm' as a query-string param and 'Authorization' as HTTP header.",
+        )),
+        (None, true) => Ok(None),
+        (None, false) => Err(ApiError::missing_auth("Missing Authentication Token")),
+        (Some(a), false) => {
+            let mut missing = Vec::new();
+            let cred = a.split_once("Credential=").map(|(_, rest)| rest.split([',', ' ']).next().unwrap_or(""));
+            if cred.is_none_or(str::is_empty) {
+                missing.push("Credential");
+            }
+            if !a.contains("Signature=") {
+                missing.push("Signature");
+            }
+            if !a.contains("SignedHeaders=") {
+                missing.push("SignedHeaders");
+            }
+            if !headers.contains_key("x-amz-date") && !headers.contains_key(header::DATE) {
+                missing.push("X-Amz-Date");
+            }
+            if !missing.is_empty() {
+                let list: Vec<String> =
+                    missing.iter().map(|m| format!("Authorization header requires '{m}' parameter.")).collect();
+                return Err(ApiError::incomplete_signature(format!("{} Authorization={a}", list.join(" "))));
+            }
+            // Credential=AKID/DATE/REGION/SERVICE/aws4_request
+            Ok(cred.and_then(|c| c.split('/').nth(2)).filter(|r| !r.is_empty()).map(str::to_owned))
+        }
+    }
+}
+
+fn error_response(format: Format, e: &ApiError) -> Response {
+    let body = obj![("__type", e.kind), ("message", e.message.clone())].encode(format);
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    h.insert("x-amzn-ErrorType", HeaderValue::from_static(e.kind));
+    r
+}
+
+fn with_request_id(mut r: Response) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        r.headers_mut().insert("x-amzn-RequestId", v);
+    }
+    r
+}
+
+async fn api(State(st): State<Shared>, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let Some(format) = format_of(&parts.headers) else {
+        // The service answers an unknown content type like an unknown resource.
+        let r = (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/xml")], "<UnknownOperationException/>\n");
+        counter!("sluice_requests_total", "operation" => "unknown", "outcome" => "UnknownOperationException")
+            .increment(1);
+        return with_request_id(r.into_response());
+    };
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let op = target.strip_prefix(TARGET_PREFIX).unwrap_or("").to_owned();
+    let op_label: &'static str = KNOWN_OPS.iter().find(|k| **k == op).copied().unwrap_or("unknown");
+    let result = handle(&st, &parts, body, format, &op).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind,
+    };
+    counter!("sluice_requests_total", "operation" => op_label, "outcome" => outcome).increment(1);
+    histogram!("sluice_request_duration_seconds", "operation" => op_label).record(started.elapsed().as_secs_f64());
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(operation = op_label, error = %e, "request failed");
+            } else {
+                tracing::debug!(operation = op_label, error = %e, "request refused");
+            }
+            error_response(format, &e)
+        }
+    };
+    with_request_id(response)
+}
+
+/// Every operation sluice answers.
+pub const KNOWN_OPS: [&str; 29] = [
+    "CreateStream",
+    "DeleteStream",
+    "DescribeStream",
+    "DescribeStreamSummary",
+    "ListStreams",
+    "IncreaseStreamRetentionPeriod",
+    "DecreaseStreamRetentionPeriod",
+    "AddTagsToStream",
+    "ListTagsForStream",
+    "RemoveTagsFromStream",
+    "EnableEnhancedMonitoring",
+    "DisableEnhancedMonitoring",
+    "StartStreamEncryption",
+    "StopStreamEncryption",
+    "DescribeLimits",
+    "UpdateStreamMode",
+    "ListShards",
+    "SplitShard",
+    "MergeShards",
+    "UpdateShardCount",
+    "PutRecord",
+    "PutRecords",
+    "GetShardIterator",
+    "GetRecords",
+    "RegisterStreamConsumer",
+    "DescribeStreamConsumer",
+    "ListStreamConsumers",
+    "DeregisterStreamConsumer",
+    "SubscribeToShard",
+];
+
+async fn handle(
+    st: &Shared,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    format: Format,
+    op: &str,
+) -> Result<Response, ApiError> {
+    if parts.method != Method::POST {
+        return Err(ApiError::unknown_operation(format!("Unsupported method {}", parts.method)));
+    }
+    if !KNOWN_OPS.contains(&op) {
+        let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+        return Err(ApiError::unknown_operation(if target.is_empty() {
+            "Missing X-Amz-Target header".to_owned()
+        } else {
+            format!("Unknown operation {target}")
+        }));
+    }
+    let region = check_auth(&parts.headers, parts.uri.query())?;
+    let limit = st.config.max_body_bytes;
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::too_large(format!("Request body is larger than {limit} bytes.")));
+        }
+        Err(e) => return Err(ApiError::serialization(format!("Could not read the request body: {e}"))),
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::serialization("The request body is empty; expected a structure."));
+    }
+    let value = value::decode(format, &bytes)
+        .map_err(|e| ApiError::serialization(format!("Could not parse the request: {e}")))?;
+    let fields = Fields::new(&value, format, "request")?;
+    let ctx = Ctx {
+        format,
+        region: region.unwrap_or_else(|| st.config.default_region.clone()),
+        now_ms: sluice_core::now_ms(),
+    };
+    if op == "SubscribeToShard" {
+        let rx = subscribe::start(st, &ctx, fields)?;
+        let mut r = Response::new(subscribe::body(rx));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.amazon.eventstream"));
+        return Ok(r);
+    }
+    let out = ops::dispatch(st, &ctx, op, fields).await?;
+    let body = if out == value::Out::Null { Vec::new() } else { out.encode(format) };
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_header_checks() {
+        let mut h = HeaderMap::new();
+        assert_eq!(check_auth(&h, None).map_err(|e| e.kind), Err("MissingAuthenticationTokenException"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("AWS4-HMAC-SHA256 Credential=AK/20260101/eu-west-1/kinesis/aws4_request, SignedHeaders=host, Signature=00"));
+        assert_eq!(check_auth(&h, None).map_err(|e| e.kind), Err("IncompleteSignatureException"));
+        h.insert("x-amz-date", HeaderValue::from_static("20260101T000000Z"));
+        assert_eq!(check_auth(&h, None), Ok(Some("eu-west-1".into())));
+        assert_eq!(check_auth(&h, Some("X-Amz-Algorithm=x")).map_err(|e| e.kind), Err("InvalidSignatureException"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Server state shared by every request, and the per-request context.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sluice_storage::{Catalog, Store, StreamMeta, StreamStatus};
+
+use crate::error::ApiError;
+use crate::input::{Checker, Fields};
+use crate::limits::Limits;
+use crate::value::Format;
+
+/// Settings of the API server.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Emulate per-shard throughput limits.
+    pub enforce_limits: bool,
+    /// How long CREATING / UPDATING / DELETING last, ms (0 = instant).
+    pub transition_ms: u64,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Account id used in ARNs.
+    pub account_id: String,
+    /// Region used in ARNs when the request's signature names none.
+    pub default_region: String,
+    /// How long one SubscribeToShard subscription lasts, ms.
+    pub subscription_ms: u64,
+    /// Largest shard count one stream may have (and the account total).
+    pub shard_limit: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> ApiConfig {
+        ApiConfig {
+            enforce_limits: false,
+            transition_ms: 0,
+            max_body_bytes: 16 * 1024 * 1024,
+            account_id: "000000000000".into(),
+            default_region: "us-east-1".into(),
+            subscription_ms: 300_000,
+            shard_limit: 10_000,
+        }
+    }
+}
+
+/// Live SubscribeToShard subscriptions by (consumer ARN, shard index): start time and a
+/// sender that ends the older subscription when a newer one takes over.
+pub type Subscriptions = Mutex<HashMap<(String, u32), (u64, tokio::sync::watch::Sender<bool>)>>;
+
+/// Shared state.
+pub struct AppState {
+    /// The storage engine.
+    pub store: Store,
+    /// Settings.
+    pub config: ApiConfig,
+    /// Throughput limits.
+    pub limits: Limits,
+    /// Secret for iterators and pagination tokens.
+    pub secret: [u8; 32],
+    /// Live subscriptions.
+    pub subscriptions: Subscriptions,
+    /// Flips to true on shutdown; long-lived responses end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Per-request context.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Wire format of the request and its answer.
+    pub format: Format,
+    /// Region from the request's credential scope.
+    pub region: String,
+    /// Request arrival, epoch ms.
+    pub now_ms: u64,
+}
+
+impl AppState {
+    /// The ARN of a stream.
+    pub fn stream_arn(&self, ctx: &Ctx, name: &str) -> String {
+        format!("arn:aws:kinesis:{}:{}:stream/{}", ctx.region, self.config.account_id, name)
+    }
+
+    /// The status a stream reports now (transitional states settle after `status_until_ms`).
+    pub fn status(&self, meta: &StreamMeta, now_ms: u64) -> StreamStatus {
+        match meta.status {
+            StreamStatus::Creating | StreamStatus::Updating if now_ms >= meta.status_until_ms => StreamStatus::Active,
+            s => s,
+        }
+    }
+
+    /// Error for a stream that does not exist.
+    pub fn stream_not_found(&self, name: &str) -> ApiError {
+        ApiError::not_found(format!("Stream {name} under account {} not found.", self.config.account_id))
+    }
+
+    /// Looks a stream up in a catalog snapshot.
+    pub fn find<'c>(&self, catalog: &'c Catalog, name: &str, now_ms: u64) -> Result<&'c StreamMeta, ApiError> {
+        match catalog.streams.get(name) {
+            Some(m) if !(m.status == StreamStatus::Deleting && now_ms >= m.status_until_ms) => Ok(m),
+            _ => Err(self.stream_not_found(name)),
+        }
+    }
+}
+
+/// Whether `s` looks like a stream ARN: `arn:aws*:kinesis:*:<12 digits>:stream/<name>`.
+pub fn parse_stream_arn(s: &str) -> Option<&str> {
+    let mut parts = s.splitn(6, ':');
+    let (arn, partition, service, _region, account, resource) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let ok = arn == "arn"
+        && partition.starts_with("aws")
+        && service == "kinesis"
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit());
+    let name = resource.strip_prefix("stream/")?;
+    (ok && !name.is_empty() && !name.contains(char::is_whitespace)).then_some(name)
+}
+
+/// Reads `StreamName` and/or `StreamARN` (they must agree) and returns the stream name.
+/// Constraint failures go to `check`; the name is returned only when usable.
+pub fn stream_name<'r>(f: &Fields<'r, '_>, check: &mut Checker) -> Result<Option<&'r str>, ApiError> {
+    let name = f.str("StreamName")?;
+    let arn = f.str("StreamARN")?;
+    check.name(name, "streamName");
+    check.length(arn, "streamARN", 1, 2048);
+    check.pattern(arn, "streamARN", |a| parse_stream_arn(a).is_some(), "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+");
+    let from_arn = arn.and_then(parse_stream_arn);
+    match (name, from_arn) {
+        (Some(n), Some(a)) if n != a => {
+            Err(ApiError::invalid_argument(format!("StreamARN {} does not match StreamName {n}.", arn.unwrap_or(""))))
+        }
+        (Some(n), _) => Ok(Some(n)),
+        (None, Some(a)) => Ok(Some(a)),
+        (None, None) if arn.is_none() => {
+            Err(ApiError::invalid_argument("Either StreamName or StreamARN should be provided."))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Shared handle.
+pub type Shared = Arc<AppState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns() {
+        assert_eq!(parse_stream_arn("arn:aws:kinesis:us-east-1:000000000000:stream/a.b"), Some("a.b"));
+        assert_eq!(parse_stream_arn("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/x"), Some("x"));
+        assert_eq!(parse_stream_arn("arn:aws:kinesis:us-east-1:0000:stream/x"), None);
+        assert_eq!(parse_stream_arn("arn:aws:s3:us-east-1:000000000000:stream/x"), None);
+        assert_eq!(parse_stream_arn("nope"), None);
+    }
+}

@@ -1,0 +1,166 @@
+//! sluice's storage engine: durable per-shard append-only logs plus the stream catalog.
+//!
+//! # What this crate owns
+//!
+//! Everything under the data directory:
+//!
+//! ```text
+//! data_dir/
+//!   LOCK                      flock'ed while a Store is open (second opener: StorageError::Locked)
+//!   secret.key                32 random bytes, created once (iterator signing key)
+//!   catalog.json              the Catalog (streams, shards, ...), replaced atomically on change
+//!   streams/{name}.{tag:08x}/ one directory per stream incarnation
+//!     {index:012}/            one directory per shard
+//!       {ordinal:020}.seg     segments, named by the ordinal of their first record
+//!       {ordinal:020}.idx     sparse index sidecar of a sealed segment (optional, for fast startup)
+//! ```
+//!
+//! The frame and file formats are documented in the `segment` module (source); in short each
+//! record is `len u32 | crc32 u32 | ordinal u64 | arrival_ms u64 | pk_len u32 | pk | data`.
+//!
+//! # How data enters
+//!
+//! [`Store::append`] queues the call for the single group-commit thread. That thread takes every
+//! pending call at once, assigns each record its shard's next ordinal (gap-free, starting at 1,
+//! never reused) and an arrival time (`max(now, previous)`, so non-decreasing per shard), encodes
+//! the frames into one buffer per shard, writes each touched segment with one positional write,
+//! fdatasyncs each touched file once ([`Durability::Fsync`]), publishes the new committed
+//! lengths and sparse index entries to readers, bumps the shard watches, and answers the callers.
+//! A call is all-or-nothing: if any record targets a closed or unknown shard, none of its records
+//! is appended. A failed write or fsync (e.g. a full disk) rolls every shard of the group back to
+//! its last committed length and fails the group's calls; the store stays usable.
+//!
+//! The catalog changes only through [`Store::mutate_catalog`], which creates logs for new shards,
+//! closes shards between two commit groups, deletes removed streams' data and persists the
+//! catalog atomically (temporary file, fsync, rename, fsync of the directory).
+//!
+//! # How data leaves
+//!
+//! [`Store::read`] (and [`Store::seek_timestamp`]) snapshot a position under a short read lock —
+//! a binary search in the in-memory sparse index (one entry per 128 records or 64 KiB) — then
+//! `pread` the segment up to the committed length without holding any lock, so readers never
+//! wait for writes or fsyncs. [`Store::watch`] lets push consumers sleep until a commit.
+//! [`Store::enforce_retention`] (run every 60 s by a background thread) deletes whole sealed
+//! segments older than the stream's retention.
+//!
+//! # Recovery
+//!
+//! [`Store::open`] scans and CRC-checks every segment that has no trustworthy sidecar (always the
+//! newest one), truncates a torn or corrupt tail, drops segments that do not continue the ordinal
+//! sequence (unacknowledged leftovers of an interrupted group), and counts discarded bytes in
+//! `sluice_storage_truncated_bytes_total`.
+
+pub mod catalog;
+mod commit;
+mod error;
+#[cfg(test)]
+mod faults;
+mod segment;
+mod shard_log;
+mod store;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+pub use catalog::*;
+pub use error::StorageError;
+pub use segment::MAX_RECORD_BYTES;
+pub use store::Store;
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the data is fdatasync'ed (group commit amortises the cost).
+    Fsync,
+    /// After write(2): survives a process crash, not a machine crash.
+    Os,
+}
+
+/// How to open a [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// When appends are acknowledged.
+    pub durability: Durability,
+    /// A shard starts a new segment once its active one has reached this size.
+    pub segment_bytes: u64,
+}
+
+impl StoreConfig {
+    /// Default segment size: 64 MiB.
+    pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+
+    /// `Durability::Fsync` and 64 MiB segments in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            durability: Durability::Fsync,
+            segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// One record to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendRecord {
+    /// Target shard index (must be open).
+    pub shard: u32,
+    /// Partition key (stored verbatim).
+    pub partition_key: String,
+    /// Payload.
+    pub data: Vec<u8>,
+}
+
+/// Where an appended record landed (one per record, in request order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's ordinal in its shard.
+    pub ordinal: u64,
+    /// Arrival time, epoch ms.
+    pub arrival_ms: u64,
+}
+
+/// The result of a read.
+#[derive(Debug, Clone)]
+pub struct ReadBatch {
+    /// Records in ordinal order.
+    pub records: Vec<StoredRecord>,
+    /// Where the next read continues (one past the last record returned, or the clamped start).
+    pub next_ordinal: u64,
+    /// The shard's position when the read started.
+    pub tip: ShardPosition,
+}
+
+/// A committed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Ordinal in the shard (1-based, gap-free).
+    pub ordinal: u64,
+    /// Arrival time, epoch ms (non-decreasing per shard).
+    pub arrival_ms: u64,
+    /// Partition key.
+    pub partition_key: String,
+    /// Payload.
+    pub data: Vec<u8>,
+}
+
+/// A shard's retained range and tip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardPosition {
+    /// Oldest retained ordinal (== `next_ordinal` if the shard holds nothing).
+    pub first_ordinal: u64,
+    /// One past the last committed ordinal.
+    pub next_ordinal: u64,
+    /// Arrival time of the last committed record, if any.
+    pub last_arrival_ms: Option<u64>,
+    /// Whether the shard is closed to appends.
+    pub closed: bool,
+}
+
+/// Now, epoch milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

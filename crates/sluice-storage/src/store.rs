@@ -1,0 +1,528 @@
+//! The store: data-directory lifecycle (lock, secret, catalog, recovery), catalog mutation and
+//! reconciliation with the shard logs, and the public read/append entry points.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+
+use crate::catalog::Catalog;
+use crate::commit::{Queue, Request};
+use crate::error::{StorageError, at};
+use crate::shard_log::{ShardLog, sync_dir};
+use crate::sync::{lock, read, write};
+use crate::{AppendRecord, Appended, ReadBatch, ShardPosition, StoreConfig};
+
+const CATALOG_FILE: &str = "catalog.json";
+const SECRET_FILE: &str = "secret.key";
+const LOCK_FILE: &str = "LOCK";
+const STREAMS_DIR: &str = "streams";
+/// How often the retention thread runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The shard logs of one stream incarnation.
+#[derive(Debug)]
+pub(crate) struct StreamLogs {
+    pub tag: u32,
+    pub dir: PathBuf,
+    /// Set (under the commit gate) when the stream is removed from the catalog.
+    pub deleted: AtomicBool,
+    pub shards: HashMap<u32, Arc<ShardLog>>,
+}
+
+type LogMap = HashMap<String, Arc<StreamLogs>>;
+
+/// State shared by handles and background threads.
+pub(crate) struct Shared {
+    pub cfg: StoreConfig,
+    secret: [u8; 32],
+    /// Held (flock) for the lifetime of the store.
+    _lock: File,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Serialises `mutate_catalog`.
+    mutation: Mutex<()>,
+    /// Held by the writer for a whole group; by `mutate_catalog` to close shards / drop streams.
+    pub commit_gate: Mutex<()>,
+    logs: RwLock<Arc<LogMap>>,
+    pub queue: Queue,
+    stop: Mutex<bool>,
+    stop_cv: Condvar,
+}
+
+/// The last handle's drop shuts the store down.
+struct Handle {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Handle {
+    fn shutdown(&self) {
+        self.shared.queue.close();
+        *lock(&self.shared.stop) = true;
+        self.shared.stop_cv.notify_all();
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a storage thread panicked");
+            }
+        }
+    }
+}
+
+/// The storage engine. Cheap to clone; all clones share one store.
+#[derive(Clone)]
+pub struct Store {
+    h: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("data_dir", &self.h.shared.cfg.data_dir).finish_non_exhaustive()
+    }
+}
+
+fn stream_dir_name(name: &str, tag: u32) -> String {
+    format!("{name}.{tag:08x}")
+}
+
+fn shard_dir_name(index: u32) -> String {
+    format!("{index:012}")
+}
+
+fn load_or_create_secret(data_dir: &Path) -> Result<[u8; 32], StorageError> {
+    let path = data_dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            return <[u8; 32]>::try_from(b.as_slice())
+                .map_err(|_| StorageError::Corrupt(format!("{} is not 32 bytes long", path.display())));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StorageError::io(&path, e)),
+    }
+    let mut secret = [0u8; 32];
+    let urandom = Path::new("/dev/urandom");
+    File::open(urandom).and_then(|mut f| f.read_exact(&mut secret)).map_err(at(urandom))?;
+    write_atomically(data_dir, &path, &secret)?;
+    Ok(secret)
+}
+
+/// Writes `bytes` to `path` atomically and durably: temporary file, fsync, rename, fsync dir.
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(at(&tmp))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(at(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(at(path))?;
+    sync_dir(dir)
+}
+
+fn persist_catalog(data_dir: &Path, cat: &Catalog) -> Result<(), StorageError> {
+    let path = data_dir.join(CATALOG_FILE);
+    let bytes = serde_json::to_vec_pretty(cat).map_err(|e| StorageError::io(&path, std::io::Error::other(e)))?;
+    write_atomically(data_dir, &path, &bytes)
+}
+
+fn load_catalog(data_dir: &Path, streams_dir: &Path) -> Result<Catalog, StorageError> {
+    let path = data_dir.join(CATALOG_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_data = std::fs::read_dir(streams_dir).map_err(at(streams_dir))?.next().is_some();
+            if has_data {
+                return Err(StorageError::Corrupt(format!(
+                    "{} is missing but {} holds stream data; refusing to start",
+                    path.display(),
+                    streams_dir.display()
+                )));
+            }
+            let cat = Catalog::default();
+            persist_catalog(data_dir, &cat)?;
+            Ok(cat)
+        }
+        Err(e) => Err(StorageError::io(&path, e)),
+    }
+}
+
+fn remove_dir(path: &Path) {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove directory"),
+    }
+}
+
+impl Shared {
+    fn streams_dir(&self) -> PathBuf {
+        self.cfg.data_dir.join(STREAMS_DIR)
+    }
+
+    fn stream_logs(&self, stream: &str, tag: u32) -> Result<Arc<StreamLogs>, StorageError> {
+        read(&self.logs).get(stream).filter(|s| s.tag == tag).cloned().ok_or(StorageError::NoSuchStream)
+    }
+
+    fn shard_log(&self, stream: &str, tag: u32, shard: u32) -> Result<Arc<ShardLog>, StorageError> {
+        let logs = read(&self.logs);
+        let s = logs.get(stream).filter(|s| s.tag == tag).ok_or(StorageError::NoSuchStream)?;
+        s.shards.get(&shard).cloned().ok_or(StorageError::NoSuchShard)
+    }
+
+    fn enforce_retention(&self, now_ms: u64) -> u64 {
+        let cat = read(&self.catalog).clone();
+        let logs = read(&self.logs).clone();
+        let mut removed = 0;
+        for (name, meta) in &cat.streams {
+            let Some(s) = logs.get(name).filter(|s| s.tag == meta.tag) else { continue };
+            let cutoff = now_ms.saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
+            for log in s.shards.values() {
+                removed += log.trim(cutoff);
+            }
+        }
+        if removed > 0 {
+            metrics::counter!("sluice_storage_segments_trimmed_total").increment(removed);
+            tracing::info!(segments = removed, "retention removed expired segments");
+        }
+        removed
+    }
+
+    fn run_retention(self: Arc<Self>) {
+        loop {
+            {
+                let stop = lock(&self.stop);
+                let (stop, _) = self
+                    .stop_cv
+                    .wait_timeout_while(stop, RETENTION_INTERVAL, |s| !*s)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *stop {
+                    return;
+                }
+            }
+            self.enforce_retention(crate::now_ms());
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `cfg.data_dir`: takes the directory lock, loads
+    /// the catalog, recovers every shard log (truncating torn tails) and starts the group-commit
+    /// and retention threads.
+    pub fn open(cfg: StoreConfig) -> Result<Store, StorageError> {
+        let data_dir = cfg.data_dir.clone();
+        std::fs::create_dir_all(&data_dir).map_err(at(&data_dir))?;
+        let lock_path = data_dir.join(LOCK_FILE);
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(at(&lock_path))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StorageError::Locked(lock_path)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(StorageError::io(&lock_path, e)),
+        }
+        let secret = load_or_create_secret(&data_dir)?;
+        let streams_dir = data_dir.join(STREAMS_DIR);
+        std::fs::create_dir_all(&streams_dir).map_err(at(&streams_dir))?;
+        let catalog = load_catalog(&data_dir, &streams_dir)?;
+
+        let mut logs = LogMap::new();
+        let mut truncated = 0u64;
+        let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, meta) in &catalog.streams {
+            let dir_name = stream_dir_name(name, meta.tag);
+            let dir = streams_dir.join(&dir_name);
+            let mut shards = HashMap::new();
+            for sm in &meta.shards {
+                let r = ShardLog::open(dir.join(shard_dir_name(sm.index)), sm.index, !sm.is_open())?;
+                truncated += r.truncated_bytes;
+                shards.insert(sm.index, Arc::new(r.log));
+            }
+            wanted.insert(dir_name, meta.shards.iter().map(|s| shard_dir_name(s.index)).collect());
+            logs.insert(
+                name.clone(),
+                Arc::new(StreamLogs { tag: meta.tag, dir, deleted: AtomicBool::new(false), shards }),
+            );
+        }
+        // Directories the catalog no longer knows: leftovers of deletions interrupted by a crash.
+        for entry in std::fs::read_dir(&streams_dir).map_err(at(&streams_dir))? {
+            let entry = entry.map_err(at(&streams_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match wanted.get(&name) {
+                None => {
+                    tracing::warn!(dir = %entry.path().display(), "removing stream directory unknown to the catalog");
+                    remove_dir(&entry.path());
+                }
+                Some(shards) => {
+                    for sub in std::fs::read_dir(entry.path()).map_err(at(&entry.path()))? {
+                        let sub = sub.map_err(at(&entry.path()))?;
+                        if !shards.iter().any(|s| sub.file_name().to_str() == Some(s.as_str())) {
+                            tracing::warn!(dir = %sub.path().display(), "removing shard directory unknown to the catalog");
+                            remove_dir(&sub.path());
+                        }
+                    }
+                }
+            }
+        }
+        if truncated > 0 {
+            metrics::counter!("sluice_storage_truncated_bytes_total").increment(truncated);
+            tracing::warn!(bytes = truncated, "recovery discarded torn or unacknowledged data");
+        }
+
+        let shared = Arc::new(Shared {
+            cfg,
+            secret,
+            _lock: lock_file,
+            catalog: RwLock::new(Arc::new(catalog)),
+            mutation: Mutex::new(()),
+            commit_gate: Mutex::new(()),
+            logs: RwLock::new(Arc::new(logs)),
+            queue: Queue::new(),
+            stop: Mutex::new(false),
+            stop_cv: Condvar::new(),
+        });
+        let mut threads = Vec::new();
+        let w = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("sluice-commit".into())
+                .spawn(move || crate::commit::run_writer(w))
+                .map_err(at(&data_dir))?,
+        );
+        let handle = Handle { shared: shared.clone(), threads: Mutex::new(threads) };
+        let r = shared.clone();
+        match std::thread::Builder::new().name("sluice-retention".into()).spawn(move || r.run_retention()) {
+            Ok(t) => lock(&handle.threads).push(t),
+            // Dropping `handle` stops the commit thread.
+            Err(e) => return Err(StorageError::io(&data_dir, e)),
+        }
+        tracing::info!(data_dir = %data_dir.display(), "store opened");
+        Ok(Store { h: Arc::new(handle) })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.h.shared
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.shared().cfg
+    }
+
+    /// 32 random bytes created once and kept in `data_dir/secret.key` (for signing iterators so
+    /// they survive restarts).
+    pub fn secret(&self) -> [u8; 32] {
+        self.shared().secret
+    }
+
+    /// Cheap snapshot of the catalog.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        read(&self.shared().catalog).clone()
+    }
+
+    /// Serialised catalog mutation: clones the catalog, applies `f`, reconciles the shard logs
+    /// (creates logs for new shards; closes shards whose `closed_ms` became set before
+    /// persisting, so no append lands after this returns; deletes the data of removed streams
+    /// and shards), persists atomically and publishes. If `f` (or persisting) fails nothing
+    /// changes.
+    pub fn mutate_catalog<T, E: From<StorageError>>(
+        &self,
+        f: impl FnOnce(&mut Catalog) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let sh = self.shared();
+        let _serial = lock(&sh.mutation);
+        let old = read(&sh.catalog).clone();
+        let mut cat = (*old).clone();
+        let out = f(&mut cat)?;
+
+        let old_logs = read(&sh.logs).clone();
+        let streams_dir = sh.streams_dir();
+        let mut new_logs = LogMap::new();
+        let mut created: Vec<PathBuf> = Vec::new();
+        // Shards to flip (closed flag), with the flag they had before.
+        let mut flips: Vec<(Arc<ShardLog>, bool)> = Vec::new();
+        let mut dropped_streams: Vec<Arc<StreamLogs>> = Vec::new();
+        let mut dropped_shards: Vec<Arc<ShardLog>> = Vec::new();
+
+        let result: Result<(), StorageError> = (|| {
+            for (name, meta) in &cat.streams {
+                let existing = old_logs.get(name).filter(|s| s.tag == meta.tag);
+                let dir = streams_dir.join(stream_dir_name(name, meta.tag));
+                let mut shards = HashMap::new();
+                let mut changed = existing.is_none();
+                for sm in &meta.shards {
+                    match existing.and_then(|s| s.shards.get(&sm.index)) {
+                        Some(log) => {
+                            if log.is_closed() != !sm.is_open() {
+                                flips.push((log.clone(), log.is_closed()));
+                            }
+                            shards.insert(sm.index, log.clone());
+                        }
+                        None => {
+                            let shard_dir = dir.join(shard_dir_name(sm.index));
+                            // Anything there is a leftover of an attempt that never committed.
+                            remove_dir(&shard_dir);
+                            created.push(shard_dir.clone());
+                            let r = ShardLog::open(shard_dir, sm.index, !sm.is_open())?;
+                            shards.insert(sm.index, Arc::new(r.log));
+                            changed = true;
+                        }
+                    }
+                }
+                if let Some(ex) = existing {
+                    for (idx, log) in &ex.shards {
+                        if !shards.contains_key(idx) {
+                            dropped_shards.push(log.clone());
+                            changed = true;
+                        }
+                    }
+                }
+                let logs = match existing {
+                    Some(ex) if !changed => ex.clone(),
+                    _ => Arc::new(StreamLogs { tag: meta.tag, dir, deleted: AtomicBool::new(false), shards }),
+                };
+                new_logs.insert(name.clone(), logs);
+            }
+            for (name, s) in old_logs.iter() {
+                if new_logs.get(name).map(|n| n.tag) != Some(s.tag) {
+                    dropped_streams.push(s.clone());
+                }
+            }
+            if !created.is_empty() {
+                // Make the new directories durable before the catalog names them.
+                let mut dirs: Vec<&Path> = created.iter().filter_map(|p| p.parent()).collect();
+                dirs.dedup();
+                for d in dirs {
+                    sync_dir(d)?;
+                }
+                sync_dir(&streams_dir)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for d in &created {
+                remove_dir(d);
+            }
+            return Err(e.into());
+        }
+
+        let needs_gate = !flips.is_empty() || !dropped_streams.is_empty() || !dropped_shards.is_empty();
+        let gate = needs_gate.then(|| lock(&sh.commit_gate));
+        for (log, was) in &flips {
+            log.set_closed(!was);
+        }
+        for log in dropped_shards.iter().chain(dropped_streams.iter().flat_map(|s| s.shards.values())) {
+            log.set_closed(true);
+        }
+        for s in &dropped_streams {
+            s.deleted.store(true, Ordering::Release);
+        }
+        if let Err(e) = persist_catalog(&sh.cfg.data_dir, &cat) {
+            for (log, was) in &flips {
+                log.set_closed(*was);
+            }
+            for log in &dropped_shards {
+                log.set_closed(false);
+            }
+            for s in &dropped_streams {
+                s.deleted.store(false, Ordering::Release);
+                for log in s.shards.values() {
+                    log.set_closed(false);
+                }
+            }
+            drop(gate);
+            for d in &created {
+                remove_dir(d);
+            }
+            return Err(e.into());
+        }
+        *write(&sh.logs) = Arc::new(new_logs);
+        *write(&sh.catalog) = Arc::new(cat);
+        drop(gate);
+
+        for s in &dropped_streams {
+            remove_dir(&s.dir);
+        }
+        for log in &dropped_shards {
+            remove_dir(&log.dir);
+        }
+        Ok(out)
+    }
+
+    /// Appends `records` (each to its `shard`) with group commit; answers, per record in
+    /// request order, the ordinal and arrival time once the records are durable (or written,
+    /// with [`crate::Durability::Os`]) and visible. All or nothing per call: a closed or unknown
+    /// target shard gives [`StorageError::ShardClosed`] and appends nothing.
+    pub async fn append(
+        &self,
+        stream: &str,
+        tag: u32,
+        records: Vec<AppendRecord>,
+    ) -> Result<Vec<Appended>, StorageError> {
+        let logs = self.shared().stream_logs(stream, tag)?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.shared().queue.push(Request { stream: logs, records, reply })?;
+        rx.await.unwrap_or(Err(StorageError::ShuttingDown))
+    }
+
+    /// Reads committed records from `from_ordinal` (clamped up to the first retained ordinal):
+    /// at most `max_records`, and about `max_bytes` of key + data (always at least one record if
+    /// any is available). Never waits for the writer.
+    pub fn read(
+        &self,
+        stream: &str,
+        tag: u32,
+        shard: u32,
+        from_ordinal: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, StorageError> {
+        self.shared().shard_log(stream, tag, shard)?.read(from_ordinal, max_records, max_bytes)
+    }
+
+    /// The shard's retained range and tip.
+    pub fn shard_position(&self, stream: &str, tag: u32, shard: u32) -> Result<ShardPosition, StorageError> {
+        Ok(self.shared().shard_log(stream, tag, shard)?.position())
+    }
+
+    /// Ordinal of the first committed record with `arrival_ms >= ts_ms` (`next_ordinal` if
+    /// none); a time before the first retained record gives the first retained ordinal.
+    pub fn seek_timestamp(&self, stream: &str, tag: u32, shard: u32, ts_ms: u64) -> Result<u64, StorageError> {
+        self.shared().shard_log(stream, tag, shard)?.seek_timestamp(ts_ms)
+    }
+
+    /// A watch of the shard's `next_ordinal`, updated after every commit touching the shard
+    /// (and poked without a value change when the shard closes). The sender is dropped, closing
+    /// the channel, once the stream or shard is removed and no reader holds it.
+    pub fn watch(&self, stream: &str, tag: u32, shard: u32) -> Result<watch::Receiver<u64>, StorageError> {
+        Ok(self.shared().shard_log(stream, tag, shard)?.subscribe())
+    }
+
+    /// Deletes whole segments whose newest record is older than the stream's retention
+    /// (never a shard's newest segment); returns how many were removed.
+    pub fn enforce_retention(&self, now_ms: u64) -> Result<u64, StorageError> {
+        Ok(self.shared().enforce_retention(now_ms))
+    }
+
+    /// Stops the background threads after draining pending appends; later appends get
+    /// [`StorageError::ShuttingDown`]. Reads keep working. Also happens when the last handle is
+    /// dropped.
+    pub fn shutdown(&self) {
+        self.h.shutdown();
+    }
+}

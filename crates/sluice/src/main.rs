@@ -1,0 +1,193 @@
+//! The `sluice` command: wires the crates together and parses the command line.
+//!
+//! `sluice serve` runs the embedded Kinesis-compatible stream; `sluice bench` drives load at
+//! any Kinesis-compatible endpoint.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_kinesis_api::{ApiConfig, Server};
+use sluice_storage::{Durability, Store, StoreConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Outbound feeds into Kinesis-compatible streams, and the embedded stream itself"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the embedded, durable, Kinesis-compatible stream.
+    Serve(ServeArgs),
+    /// Drive PutRecords/GetRecords load at a Kinesis-compatible endpoint and print a table.
+    Bench(sluice_bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DurabilityArg {
+    /// Answer a put only after its records are fsynced (group commit).
+    Fsync,
+    /// Answer after the write reaches the OS (survives a process crash, not a power cut).
+    Os,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:4567", env = "SLUICE_LISTEN")]
+    listen: SocketAddr,
+    /// Where streams are stored.
+    #[arg(long, default_value = "./sluice-data", env = "SLUICE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// When a put is acknowledged.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
+    durability: DurabilityArg,
+    /// Emulate per-shard limits: 1 MiB/s and 1,000 records/s writes, 5 calls/s and 2 MiB/s reads.
+    #[arg(long)]
+    enforce_limits: bool,
+    /// How long CREATING/UPDATING/DELETING last, in ms (0: instant).
+    #[arg(long, default_value_t = 0)]
+    transition_ms: u64,
+    /// Account id used in ARNs.
+    #[arg(long, default_value = "000000000000")]
+    account_id: String,
+    /// Region used in ARNs when a request's signature names none.
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+    /// Most open shards across all streams.
+    #[arg(long, default_value_t = 10_000)]
+    shard_limit: u32,
+    /// Segment file size in MiB before a new one starts.
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 16)]
+    max_body_mib: usize,
+    /// Lifetime of one SubscribeToShard subscription, seconds.
+    #[arg(long, default_value_t = 300)]
+    subscription_secs: u64,
+    /// Seconds between status lines on stderr (0: none).
+    #[arg(long, default_value_t = 30)]
+    status_secs: u64,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Bench(args) => runtime.block_on(async {
+            sluice_bench::run_and_print(args).await?;
+            Ok(())
+        }),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut store_config = StoreConfig::new(args.data_dir.clone());
+    store_config.durability = match args.durability {
+        DurabilityArg::Fsync => Durability::Fsync,
+        DurabilityArg::Os => Durability::Os,
+    };
+    store_config.segment_bytes = args.segment_mib.max(1) * 1024 * 1024;
+    let store = tokio::task::spawn_blocking(move || Store::open(store_config))
+        .await
+        .context("opening the store")?
+        .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    let config = ApiConfig {
+        enforce_limits: args.enforce_limits,
+        transition_ms: args.transition_ms,
+        max_body_bytes: args.max_body_mib * 1024 * 1024,
+        account_id: args.account_id,
+        default_region: args.region,
+        subscription_ms: args.subscription_secs * 1000,
+        shard_limit: args.shard_limit,
+    };
+    let metrics = sluice_kinesis_api::install_metrics();
+    let server = Server::start(store.clone(), config, args.listen, metrics)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    // Tests and scripts read this line to learn the bound port.
+    println!("sluice: listening on http://{}", server.local_addr);
+    std::io::stdout().flush().ok();
+    tracing::info!(
+        listen = %server.local_addr,
+        data_dir = %args.data_dir.display(),
+        durability = ?args.durability,
+        enforce_limits = args.enforce_limits,
+        "sluice serve ready"
+    );
+    let status = (args.status_secs > 0).then(|| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(args.status_secs));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let cat = store.catalog();
+                let shards: usize = cat.streams.values().map(|s| s.open_shards().count()).sum();
+                tracing::info!(streams = cat.streams.len(), open_shards = shards, "status");
+            }
+        })
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    if let Some(s) = status {
+        s.abort();
+    }
+    server.shutdown().await.context("stopping the server")?;
+    tokio::task::spawn_blocking(move || store.shutdown()).await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
