@@ -91,6 +91,7 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
         batch.clear();
         touched.clear();
     }
+    STATS.with(|st| { let st = st.borrow(); eprintln!("groups {} records {} sync {:.3}s total {:.3}s", st.0, st.1, st.2, st.3); });
     tracing::debug!("commit thread stopped");
 }
 
@@ -141,6 +142,7 @@ fn encode_request(
 }
 
 fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc<ShardLog>>) {
+    let t0 = std::time::Instant::now();
     let gate = lock(&shared.commit_gate);
     let now = crate::now_ms();
     let segment_bytes = shared.cfg.segment_bytes;
@@ -177,6 +179,7 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
             }
         }
     }
+    let t_w = std::time::Instant::now();
     if failure.is_none() && shared.cfg.durability == Durability::Fsync {
         for log in touched.iter() {
             if let Err(e) = lock(&log.writer).sync() {
@@ -198,6 +201,7 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         return;
     }
 
+    STATS.with(|st| { let mut st = st.borrow_mut(); st.0 += 1; st.2 += t_w.elapsed().as_secs_f64(); st.3 += t0.elapsed().as_secs_f64(); });
     let mut sealed: Vec<(Arc<ShardLog>, Vec<u64>)> = Vec::new();
     let mut total = 0u64;
     for log in touched.iter() {
@@ -212,6 +216,7 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     for (reply, out) in accepted {
         let _ = reply.send(Ok(out));
     }
+    STATS.with(|st| st.borrow_mut().1 += total);
     metrics::histogram!("sluice_commit_group_records").record(total as f64);
     metrics::counter!("sluice_storage_records_appended_total").increment(total);
 
@@ -222,3 +227,5 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     }
     drop(spent);
 }
+
+thread_local! { static STATS: std::cell::RefCell<(u64,u64,f64,f64)> = const { std::cell::RefCell::new((0,0,0.0,0.0)) }; }

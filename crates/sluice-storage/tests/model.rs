@@ -97,7 +97,7 @@ fn run(segment_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Reopen => {
-                store = None;
+                drop(store.take());
                 store = Some(open(dir.path(), segment_bytes, Durability::Os));
             }
             Op::TrimAll => {

@@ -28,7 +28,7 @@ async fn read_all(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str) -
         let page = client.get_records().shard_iterator(&it).limit(1000).send().await.expect("get records");
         let n = page.records().len();
         for r in page.records() {
-            out.push((r.sequence_number().to_owned(), r.data().as_ref().to_vec(), r.partition_key().to_owned()));
+            out.push((r.sequence_number().to_owned(), r.data().as_ref().to_vec(), r.partition_key().unwrap_or_default().to_owned()));
         }
         match page.next_shard_iterator {
             Some(next) if n > 0 => it = next,
