@@ -10,6 +10,7 @@ pub mod input;
 pub mod limits;
 pub mod ops;
 pub mod server;
+pub mod sigv4;
 pub mod state;
 pub mod subscribe;
 pub mod token;
@@ -60,6 +61,7 @@ impl Server {
             store,
             config,
             subscriptions: Mutex::new(Default::default()),
+            iterator_activity: Mutex::new(Default::default()),
             shutdown: rx.clone(),
         });
         spawn_settler(state.clone(), rx.clone());

@@ -35,9 +35,10 @@ pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
         .route("/health", get(health))
         .route(
             "/metrics",
-            get(move || {
+            get(move |State(st): State<Shared>| {
                 let m = metrics.clone();
                 async move {
+                    metrics::gauge!("sluice_open_iterators").set(st.open_iterators(sluice_core::now_ms()) as f64);
                     match m.as_ref() {
                         Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
                         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
@@ -213,6 +214,14 @@ async fn handle(
         }
         Err(e) => return Err(ApiError::serialization(format!("Could not read the request body: {e}"))),
     };
+    if let Some(creds) = &st.config.credentials {
+        if parts.uri.query().is_some_and(|q| q.contains("X-Amz-Algorithm=")) {
+            return Err(ApiError::invalid_signature(
+                "Presigned (query-string) requests are not accepted; sign the Authorization header.",
+            ));
+        }
+        crate::sigv4::verify(creds, parts, &bytes, sluice_core::now_ms())?;
+    }
     if bytes.is_empty() {
         return Err(ApiError::serialization("The request body is empty; expected a structure."));
     }

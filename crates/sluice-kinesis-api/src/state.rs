@@ -27,6 +27,8 @@ pub struct ApiConfig {
     pub subscription_ms: u64,
     /// Largest shard count one stream may have (and the account total).
     pub shard_limit: u32,
+    /// When set, every request's SigV4 signature is verified against these keys.
+    pub credentials: Option<crate::sigv4::Credentials>,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +41,7 @@ impl Default for ApiConfig {
             default_region: "us-east-1".into(),
             subscription_ms: 300_000,
             shard_limit: 10_000,
+            credentials: None,
         }
     }
 }
@@ -61,6 +64,9 @@ pub struct AppState {
     pub subscriptions: Subscriptions,
     /// Flips to true on shutdown; long-lived responses end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Last time (epoch ms) an iterator was issued or used per (stream tag, shard): iterators
+    /// are stateless tokens, so "open iterators" is counted as shards read in the last 5 min.
+    pub iterator_activity: Mutex<HashMap<(u32, u32), u64>>,
 }
 
 /// Per-request context.
@@ -75,6 +81,18 @@ pub struct Ctx {
 }
 
 impl AppState {
+    /// Notes that an iterator on a shard was issued or used.
+    pub fn touch_iterator(&self, tag: u32, shard: u32, now_ms: u64) {
+        self.iterator_activity.lock().unwrap_or_else(|p| p.into_inner()).insert((tag, shard), now_ms);
+    }
+
+    /// Shards with an iterator issued or used in the last five minutes (forgets older ones).
+    pub fn open_iterators(&self, now_ms: u64) -> usize {
+        let mut m = self.iterator_activity.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, t| now_ms.saturating_sub(*t) <= sluice_core::iterator::ITERATOR_TTL_MS);
+        m.len()
+    }
+
     /// The ARN of a stream.
     pub fn stream_arn(&self, ctx: &Ctx, name: &str) -> String {
         format!("arn:aws:kinesis:{}:{}:stream/{}", ctx.region, self.config.account_id, name)

@@ -91,7 +91,10 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
         batch.clear();
         touched.clear();
     }
-    STATS.with(|st| { let st = st.borrow(); eprintln!("groups {} records {} sync {:.3}s total {:.3}s", st.0, st.1, st.2, st.3); });
+    STATS.with(|st| {
+        let st = st.borrow();
+        eprintln!("groups {} records {} sync {:.3}s total {:.3}s", st.0, st.1, st.2, st.3);
+    });
     tracing::debug!("commit thread stopped");
 }
 
@@ -181,12 +184,7 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     }
     let t_w = std::time::Instant::now();
     if failure.is_none() && shared.cfg.durability == Durability::Fsync {
-        for log in touched.iter() {
-            if let Err(e) = lock(&log.writer).sync() {
-                failure = Some(e);
-                break;
-            }
-        }
+        failure = sync_all(touched).err();
     }
 
     if let Some(err) = failure {
@@ -201,7 +199,12 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         return;
     }
 
-    STATS.with(|st| { let mut st = st.borrow_mut(); st.0 += 1; st.2 += t_w.elapsed().as_secs_f64(); st.3 += t0.elapsed().as_secs_f64(); });
+    STATS.with(|st| {
+        let mut st = st.borrow_mut();
+        st.0 += 1;
+        st.2 += t_w.elapsed().as_secs_f64();
+        st.3 += t0.elapsed().as_secs_f64();
+    });
     let mut sealed: Vec<(Arc<ShardLog>, Vec<u64>)> = Vec::new();
     let mut total = 0u64;
     for log in touched.iter() {
@@ -229,3 +232,23 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
 }
 
 thread_local! { static STATS: std::cell::RefCell<(u64,u64,f64,f64)> = const { std::cell::RefCell::new((0,0,0.0,0.0)) }; }
+
+/// fdatasyncs every touched shard's files, in parallel when there are several (concurrent
+/// fdatasyncs on one filesystem share journal commits and device flushes).
+fn sync_all(touched: &[Arc<ShardLog>]) -> Result<(), StorageError> {
+    if touched.len() == 1 {
+        return lock(&touched[0].writer).sync();
+    }
+    std::thread::scope(|scope| {
+        let (first, rest) = touched.split_first().map_or((None, &[][..]), |(f, r)| (Some(f), r));
+        let handles: Vec<_> = rest.iter().map(|log| scope.spawn(move || lock(&log.writer).sync())).collect();
+        let mut result = first.map_or(Ok(()), |log| lock(&log.writer).sync());
+        for h in handles {
+            let r = h.join().unwrap_or_else(|_| Err(StorageError::Corrupt("fsync thread panicked".into())));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}

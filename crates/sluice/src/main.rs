@@ -85,6 +85,10 @@ struct ServeArgs {
     /// Lifetime of one SubscribeToShard subscription, seconds.
     #[arg(long, default_value_t = 300)]
     subscription_secs: u64,
+    /// Verify every request's SigV4 signature against the keys in SLUICE_CREDENTIALS
+    /// (`AKID:SECRET[,AKID:SECRET…]`); unknown keys and bad signatures are refused.
+    #[arg(long)]
+    verify_signatures: bool,
     /// Seconds between status lines on stderr (0: none).
     #[arg(long, default_value_t = 30)]
     status_secs: u64,
@@ -123,7 +127,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("opening the store")?
         .with_context(|| format!("opening the data directory {}", args.data_dir.display()))?;
+    let credentials = if args.verify_signatures {
+        let spec = std::env::var("SLUICE_CREDENTIALS")
+            .context("--verify-signatures needs SLUICE_CREDENTIALS=AKID:SECRET[,AKID:SECRET…] in the environment")?;
+        Some(
+            sluice_kinesis_api::sigv4::Credentials::parse(&spec)
+                .map_err(|e| anyhow::anyhow!("SLUICE_CREDENTIALS: {e}"))?,
+        )
+    } else {
+        None
+    };
     let config = ApiConfig {
+        credentials,
         enforce_limits: args.enforce_limits,
         transition_ms: args.transition_ms,
         max_body_bytes: args.max_body_mib * 1024 * 1024,

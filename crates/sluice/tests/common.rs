@@ -17,7 +17,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `sluice serve` on `dir` with extra flags, waiting for its "listening" line.
     pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// As [`ServerProcess::start`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(extra)
@@ -65,7 +71,12 @@ impl Drop for ServerProcess {
 
 /// An AWS SDK for Rust Kinesis client pointed at the server.
 pub async fn sdk_client(url: &str) -> aws_sdk_kinesis::Client {
-    let creds = aws_sdk_kinesis::config::Credentials::new("AKIDTEST", "secret", None, None, "test");
+    sdk_client_with(url, "AKIDTEST", "secret")
+}
+
+/// An SDK client with the given access key and secret.
+pub fn sdk_client_with(url: &str, akid: &str, secret: &str) -> aws_sdk_kinesis::Client {
+    let creds = aws_sdk_kinesis::config::Credentials::new(akid, secret, None, None, "test");
     let conf = aws_sdk_kinesis::Config::builder()
         .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
         .region(aws_sdk_kinesis::config::Region::new("us-east-1"))

@@ -10,7 +10,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{
     PutRecordsRequestEntry, ShardIteratorType, StartingPosition, SubscribeToShardEventStream,
 };
-use common::{ServerProcess, sdk_client};
+use common::{ServerProcess, sdk_client, sdk_client_with};
 
 async fn read_all(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str) -> Vec<(String, Vec<u8>, String)> {
     let mut it = client
@@ -28,7 +28,11 @@ async fn read_all(client: &aws_sdk_kinesis::Client, stream: &str, shard: &str) -
         let page = client.get_records().shard_iterator(&it).limit(1000).send().await.expect("get records");
         let n = page.records().len();
         for r in page.records() {
-            out.push((r.sequence_number().to_owned(), r.data().as_ref().to_vec(), r.partition_key().unwrap_or_default().to_owned()));
+            out.push((
+                r.sequence_number().to_owned(),
+                r.data().as_ref().to_vec(),
+                r.partition_key().unwrap_or_default().to_owned(),
+            ));
         }
         match page.next_shard_iterator {
             Some(next) if n > 0 => it = next,
@@ -214,4 +218,37 @@ async fn acknowledged_records_survive_sigkill() {
             acked.iter().filter(|(s, _, _)| s == shard).map(|(_, q, d)| (q.clone(), d.clone())).collect();
         assert_eq!(got, want, "{shard} after SIGKILL");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_are_verified_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start_with_env(
+        dir.path(),
+        &["--verify-signatures"],
+        &[("SLUICE_CREDENTIALS", "AKIDGOOD:right-secret")],
+    );
+    let good = sdk_client_with(&server.url, "AKIDGOOD", "right-secret");
+    good.create_stream().stream_name("signed").shard_count(1).send().await.expect("correctly signed request");
+    good.put_record()
+        .stream_name("signed")
+        .partition_key("k")
+        .data(Blob::new(vec![0u8; 4096]))
+        .send()
+        .await
+        .expect("signed put with a body");
+
+    let wrong_secret = sdk_client_with(&server.url, "AKIDGOOD", "wrong-secret");
+    let err = wrong_secret.list_streams().send().await.expect_err("bad signature must be refused");
+    assert_eq!(
+        err.as_service_error().and_then(|e| aws_sdk_kinesis::error::ProvideErrorMetadata::code(e)),
+        Some("InvalidSignatureException")
+    );
+
+    let unknown = sdk_client_with(&server.url, "AKIDUNKNOWN", "right-secret");
+    let err = unknown.list_streams().send().await.expect_err("unknown key must be refused");
+    assert_eq!(
+        err.as_service_error().and_then(|e| aws_sdk_kinesis::error::ProvideErrorMetadata::code(e)),
+        Some("UnrecognizedClientException")
+    );
 }

@@ -302,6 +302,7 @@ pub fn get_shard_iterator(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result
     let index = shard_meta.index;
     let position = resolve_position(st, ctx, meta, index, kind, seq, ts)?;
     metrics::counter!("sluice_iterators_issued_total").increment(1);
+    st.touch_iterator(meta.tag, index, ctx.now_ms);
     let token =
         ShardIterator { stream: name.to_owned(), stream_tag: meta.tag, shard: index, position, issued_ms: ctx.now_ms };
     Ok(obj![("ShardIterator", token.encode(&st.secret))])
@@ -423,6 +424,7 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         )));
     };
     let key = (meta.tag, shard.index);
+    st.touch_iterator(meta.tag, shard.index, ctx.now_ms);
     if !st.limits.admit_read(key) {
         counter!("sluice_reads_throttled_total", "stream" => meta.name.clone()).increment(1);
         return Err(ApiError::throughput(throttled_message(st, &meta.name, shard.index)));

@@ -387,7 +387,10 @@ pub fn remove_tags(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
                 names.push(s.to_string());
             }
             other => {
-                return Err(ApiError::serialization(format!("Unexpected value type in TagKeys: {}", other.type_name())));
+                return Err(ApiError::serialization(format!(
+                    "Unexpected value type in TagKeys: {}",
+                    other.type_name()
+                )));
             }
         }
     }
