@@ -165,7 +165,12 @@ def test_subscribe_to_shard(server):
     assert got == expected
     assert seqs[:3] == before
     assert conts == sorted(conts), "ContinuationSequenceNumber went backwards"
-    assert conts[-1] >= int(seqs[-1])
+    # Clients order sequence numbers as integers (KCL checkpoints the continuation and, on
+    # restart, drops records <= checkpoint), so the continuation must not sort below a
+    # record it already delivered.
+    assert conts[-1] >= int(seqs[-1]), (
+        f"ContinuationSequenceNumber {conts[-1]} sorts below the last delivered record's "
+        f"SequenceNumber {seqs[-1]}")
     writer.join(timeout=10)
 
 
@@ -202,3 +207,96 @@ def test_subscribe_to_shard_latest_and_after_sequence(server):
     bad_arn = consumer["ConsumerARN"].replace("/consumer/efo:", "/consumer/nope:")
     expect_error("ResourceNotFoundException", sub.subscribe_to_shard, ConsumerARN=bad_arn,
                  ShardId=sid(0), StartingPosition={"Type": "LATEST"})
+
+
+def _collect(stream, want, timeout=30):
+    """Read events until `want` records arrived; returns (datas, last continuation)."""
+    got, cont = [], None
+    deadline = time.monotonic() + timeout
+    try:
+        for event in stream:
+            ev = _records_of(event)
+            got += [r["Data"] for r in ev["Records"]]
+            cont = ev.get("ContinuationSequenceNumber")
+            if len(got) >= want:
+                break
+            assert time.monotonic() < deadline, f"only {got} after {timeout}s"
+    finally:
+        stream.close()
+    return got, cont
+
+
+@pytest.mark.timeout(90)
+def test_subscribe_resume_from_continuation(server):
+    """Resuming AFTER_SEQUENCE_NUMBER=ContinuationSequenceNumber neither repeats nor skips."""
+    kinesis = server.client()
+    name = create_stream(kinesis, shards=1)
+    arn = stream_arn(kinesis, name)
+    a = kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="a")["Consumer"]
+    b = kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="b")["Consumer"]
+    wait_consumer_active(kinesis, a["ConsumerARN"])
+    wait_consumer_active(kinesis, b["ConsumerARN"])
+    for i in range(3):
+        kinesis.put_record(StreamName=name, Data=f"r{i}".encode(), PartitionKey="k")
+    sub = make_client(server.url, read_timeout=20)
+    got, cont = _collect(sub.subscribe_to_shard(
+        ConsumerARN=a["ConsumerARN"], ShardId=sid(0),
+        StartingPosition={"Type": "TRIM_HORIZON"})["EventStream"], 3)
+    assert got == [b"r0", b"r1", b"r2"]
+    assert cont and SEQ_RE.match(cont)
+    for i in range(3, 5):
+        kinesis.put_record(StreamName=name, Data=f"r{i}".encode(), PartitionKey="k")
+    got, _ = _collect(sub.subscribe_to_shard(
+        ConsumerARN=b["ConsumerARN"], ShardId=sid(0),
+        StartingPosition={"Type": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": cont})["EventStream"], 2)
+    assert got == [b"r3", b"r4"]
+
+
+@pytest.mark.timeout(60)
+def test_subscribe_twice_within_5s_is_in_use(server):
+    kinesis = server.client()
+    name = create_stream(kinesis, shards=1)
+    arn = stream_arn(kinesis, name)
+    c = kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="dup")["Consumer"]
+    wait_consumer_active(kinesis, c["ConsumerARN"])
+    sub = make_client(server.url, read_timeout=20)
+    first = sub.subscribe_to_shard(ConsumerARN=c["ConsumerARN"], ShardId=sid(0),
+                                   StartingPosition={"Type": "LATEST"})["EventStream"]
+    try:
+        other = make_client(server.url, read_timeout=20)
+        expect_error("ResourceInUseException", other.subscribe_to_shard,
+                     ConsumerARN=c["ConsumerARN"], ShardId=sid(0),
+                     StartingPosition={"Type": "LATEST"})
+    finally:
+        first.close()
+
+
+@pytest.mark.timeout(60)
+def test_subscribe_closed_shard_ends_with_child_shards(server):
+    kinesis = server.client()
+    name = create_stream(kinesis, shards=1)
+    arn = stream_arn(kinesis, name)
+    c = kinesis.register_stream_consumer(StreamARN=arn, ConsumerName="end")["Consumer"]
+    wait_consumer_active(kinesis, c["ConsumerARN"])
+    kinesis.put_record(StreamName=name, Data=b"only", PartitionKey="k")
+    kinesis.split_shard(StreamName=name, ShardToSplit=sid(0), NewStartingHashKey=str(2**127))
+    from sluice_helpers import wait_status
+    wait_status(kinesis, name)
+    sub = make_client(server.url, read_timeout=20)
+    stream = sub.subscribe_to_shard(ConsumerARN=c["ConsumerARN"], ShardId=sid(0),
+                                    StartingPosition={"Type": "TRIM_HORIZON"})["EventStream"]
+    got, children = [], None
+    deadline = time.monotonic() + 30
+    try:
+        for event in stream:
+            ev = _records_of(event)
+            got += [r["Data"] for r in ev["Records"]]
+            if ev.get("ChildShards"):
+                children = ev["ChildShards"]
+                break
+            assert time.monotonic() < deadline, "no ChildShards at the end of a closed shard"
+    finally:
+        stream.close()
+    assert got == [b"only"]
+    assert sorted(ch["ShardId"] for ch in children) == [sid(1), sid(2)]
+    assert all(ch["ParentShards"] == [sid(0)] for ch in children)

@@ -124,6 +124,7 @@ def test_acknowledged_records_survive_restart(server_factory, how):
             state["rc"] = srv.stop(signal.SIGTERM, timeout=30)
 
     acked, batches = _load(srv.url, name, random.uniform(2.0, 3.0), stop_server)
+    print(f"{how}: {len(acked)} records acknowledged in {sum(batches)} batches")
     assert len(acked) >= THREADS * BATCH, f"too little load before the stop: {batches}"
     if how == "sigterm":
         assert state["rc"] == 0, f"server did not exit cleanly on SIGTERM (rc={state['rc']})"

@@ -265,3 +265,32 @@ def test_unknown_shard(kinesis):
     name = create_stream(kinesis, shards=1)
     expect_error("ResourceNotFoundException", kinesis.get_shard_iterator, StreamName=name,
                  ShardId=sid(5), ShardIteratorType="TRIM_HORIZON")
+
+
+def test_sequence_number_for_ordering(kinesis):
+    name = create_stream(kinesis, shards=2)
+    prev = None
+    seqs = []
+    for i in range(10):
+        kw = {"SequenceNumberForOrdering": prev} if prev else {}
+        r = kinesis.put_record(StreamName=name, Data=str(i).encode(), PartitionKey="same", **kw)
+        seqs.append(int(r["SequenceNumber"]))
+        prev = r["SequenceNumber"]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 10
+
+
+def test_records_gone_after_stream_deleted(kinesis):
+    name = create_stream(kinesis, shards=1)
+    kinesis.put_record(StreamName=name, Data=b"x", PartitionKey="k")
+    it = kinesis.get_shard_iterator(StreamName=name, ShardId=sid(0),
+                                    ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    kinesis.delete_stream(StreamName=name)
+    deadline = time.monotonic() + 15
+    while name in kinesis.list_streams()["StreamNames"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    expect_error("ResourceNotFoundException", kinesis.get_records, ShardIterator=it)
+    # a new stream with the same name does not resurrect the old data
+    create_stream(kinesis, name=name, shards=1)
+    recs, _ = read_shard(kinesis, name, sid(0))
+    assert recs == []

@@ -240,7 +240,11 @@ async fn handle(
         return Ok(r);
     }
     let out = ops::dispatch(st, &ctx, op, fields).await?;
-    let body = if out == value::Out::Null { Vec::new() } else { out.encode(format) };
+    let body = match out {
+        value::Out::Null => Vec::new(),
+        value::Out::RawJson(raw) => raw,
+        other => other.encode(format),
+    };
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     Ok(r)

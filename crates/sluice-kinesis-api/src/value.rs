@@ -243,6 +243,9 @@ pub enum Out {
     List(Vec<Out>),
     /// A structure; members equal to `Out::Null` are left out.
     Map(Vec<(&'static str, Out)>),
+    /// Already-encoded JSON, written verbatim (hot paths build their answers directly). Only
+    /// produced for JSON requests.
+    RawJson(Vec<u8>),
 }
 
 impl From<&str> for Out {
@@ -307,7 +310,6 @@ impl Out {
 }
 
 fn write_json(v: &Out, out: &mut Vec<u8>) {
-    use base64::Engine;
     match v {
         Out::Null => out.extend_from_slice(b"null"),
         Out::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -320,23 +322,9 @@ fn write_json(v: &Out, out: &mut Vec<u8>) {
             }
         }
         Out::Str(s) => write_json_str(s, out),
-        Out::Bytes(b) => {
-            out.push(b'"');
-            let start = out.len();
-            out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
-            let written = base64::engine::general_purpose::STANDARD.encode_slice(b, &mut out[start..]).unwrap_or(0);
-            out.truncate(start + written);
-            out.push(b'"');
-        }
-        Out::Timestamp(ms) => {
-            // Epoch seconds with millisecond fraction, as the AWS JSON protocols send.
-            let secs = ms / 1000;
-            let frac = ms % 1000;
-            out.extend_from_slice(secs.to_string().as_bytes());
-            if frac != 0 {
-                out.extend_from_slice(format!(".{frac:03}").trim_end_matches('0').as_bytes());
-            }
-        }
+        Out::Bytes(b) => write_json_blob(b, out),
+        Out::Timestamp(ms) => write_json_timestamp(*ms, out),
+        Out::RawJson(raw) => out.extend_from_slice(raw),
         Out::List(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -371,7 +359,34 @@ fn itoa(n: i64) -> String {
     n.to_string()
 }
 
-fn write_json_str(s: &str, out: &mut Vec<u8>) {
+/// Writes epoch ms as epoch seconds with a millisecond fraction, as the AWS JSON protocols do.
+pub fn write_json_timestamp(ms: u64, out: &mut Vec<u8>) {
+    let secs = ms / 1000;
+    let frac = ms % 1000;
+    out.extend_from_slice(secs.to_string().as_bytes());
+    if frac != 0 {
+        let digits = [b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+        let mut n = 4;
+        while digits[n - 1] == b'0' {
+            n -= 1;
+        }
+        out.extend_from_slice(&digits[..n]);
+    }
+}
+
+/// Writes a blob as a quoted base64 string.
+pub fn write_json_blob(b: &[u8], out: &mut Vec<u8>) {
+    use base64::Engine;
+    out.push(b'"');
+    let start = out.len();
+    out.resize(start + base64::encoded_len(b.len(), true).unwrap_or(0), 0);
+    let written = base64::engine::general_purpose::STANDARD.encode_slice(b, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + written);
+    out.push(b'"');
+}
+
+/// Writes a quoted, escaped JSON string.
+pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
@@ -427,6 +442,11 @@ fn write_cbor(v: &Out, out: &mut Vec<u8>) {
         Out::Str(s) => {
             cbor_head(3, s.len() as u64, out);
             out.extend_from_slice(s.as_bytes());
+        }
+        // Never produced for CBOR requests; written as a text string rather than lost.
+        Out::RawJson(raw) => {
+            cbor_head(3, raw.len() as u64, out);
+            out.extend_from_slice(raw);
         }
         Out::Bytes(b) => {
             cbor_head(2, b.len() as u64, out);

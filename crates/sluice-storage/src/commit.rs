@@ -6,9 +6,12 @@
 //! streams: a close therefore happens strictly between two groups, and no append lands after
 //! the close returns. Readers never take the gate.
 
+use std::fs::File;
 use std::mem;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -82,6 +85,107 @@ impl Queue {
     }
 }
 
+/// One fdatasync to perform.
+pub(crate) struct SyncJob {
+    pub file: Arc<File>,
+    pub path: Arc<Path>,
+}
+
+impl SyncJob {
+    fn run(&self) -> Result<(), StorageError> {
+        let t = Instant::now();
+        self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))?;
+        metrics::histogram!("sluice_fsync_seconds").record(t.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+struct PoolState {
+    jobs: Vec<SyncJob>,
+    /// Jobs handed out but not finished, plus jobs not handed out.
+    pending: usize,
+    error: Option<StorageError>,
+    stop: bool,
+}
+
+/// A few threads that run a group's fdatasyncs concurrently: concurrent syncs of files on one
+/// filesystem share journal commits and device flushes, so syncing N shards costs about one
+/// flush instead of N.
+pub(crate) struct SyncPool {
+    state: Mutex<PoolState>,
+    work_cv: Condvar,
+    done_cv: Condvar,
+}
+
+/// Helper threads in the pool (the commit thread itself also syncs).
+pub(crate) const SYNC_HELPERS: usize = 3;
+
+impl SyncPool {
+    pub(crate) fn new() -> SyncPool {
+        SyncPool {
+            state: Mutex::new(PoolState { jobs: Vec::new(), pending: 0, error: None, stop: false }),
+            work_cv: Condvar::new(),
+            done_cv: Condvar::new(),
+        }
+    }
+
+    fn finish(&self, st: &mut PoolState, r: Result<(), StorageError>) {
+        if let Err(e) = r
+            && st.error.is_none()
+        {
+            st.error = Some(e);
+        }
+        st.pending -= 1;
+        if st.pending == 0 {
+            self.done_cv.notify_all();
+        }
+    }
+
+    /// Runs all jobs (the caller helps) and returns the first error.
+    pub(crate) fn run(&self, jobs: Vec<SyncJob>) -> Result<(), StorageError> {
+        if jobs.len() <= 1 {
+            return jobs.first().map_or(Ok(()), SyncJob::run);
+        }
+        let mut st = lock(&self.state);
+        st.pending = jobs.len();
+        st.jobs = jobs;
+        st.error = None;
+        self.work_cv.notify_all();
+        while let Some(job) = st.jobs.pop() {
+            drop(st);
+            let r = job.run();
+            st = lock(&self.state);
+            self.finish(&mut st, r);
+        }
+        while st.pending > 0 {
+            st = self.done_cv.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        st.error.take().map_or(Ok(()), Err)
+    }
+
+    /// A helper thread's loop.
+    pub(crate) fn work(&self) {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(job) = st.jobs.pop() {
+                drop(st);
+                let r = job.run();
+                st = lock(&self.state);
+                self.finish(&mut st, r);
+            } else if st.stop {
+                return;
+            } else {
+                st = self.work_cv.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+        }
+    }
+
+    pub(crate) fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.work_cv.notify_all();
+    }
+}
+
 /// The writer thread's main loop.
 pub(crate) fn run_writer(shared: Arc<Shared>) {
     let mut batch = Vec::new();
@@ -91,10 +195,6 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
         batch.clear();
         touched.clear();
     }
-    STATS.with(|st| {
-        let st = st.borrow();
-        eprintln!("groups {} records {} sync {:.3}s total {:.3}s", st.0, st.1, st.2, st.3);
-    });
     tracing::debug!("commit thread stopped");
 }
 
@@ -145,7 +245,6 @@ fn encode_request(
 }
 
 fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc<ShardLog>>) {
-    let t0 = std::time::Instant::now();
     let gate = lock(&shared.commit_gate);
     let now = crate::now_ms();
     let segment_bytes = shared.cfg.segment_bytes;
@@ -182,9 +281,11 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
             }
         }
     }
-    let t_w = std::time::Instant::now();
     if failure.is_none() && shared.cfg.durability == Durability::Fsync {
-        failure = sync_all(touched).err();
+        let mut jobs = Vec::new();
+        let prepared: Result<(), StorageError> =
+            touched.iter().try_for_each(|log| lock(&log.writer).sync_jobs(&mut jobs));
+        failure = prepared.and_then(|()| shared.sync_pool.run(jobs)).err();
     }
 
     if let Some(err) = failure {
@@ -199,12 +300,6 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         return;
     }
 
-    STATS.with(|st| {
-        let mut st = st.borrow_mut();
-        st.0 += 1;
-        st.2 += t_w.elapsed().as_secs_f64();
-        st.3 += t0.elapsed().as_secs_f64();
-    });
     let mut sealed: Vec<(Arc<ShardLog>, Vec<u64>)> = Vec::new();
     let mut total = 0u64;
     for log in touched.iter() {
@@ -219,7 +314,6 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     for (reply, out) in accepted {
         let _ = reply.send(Ok(out));
     }
-    STATS.with(|st| st.borrow_mut().1 += total);
     metrics::histogram!("sluice_commit_group_records").record(total as f64);
     metrics::counter!("sluice_storage_records_appended_total").increment(total);
 
@@ -229,26 +323,4 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         }
     }
     drop(spent);
-}
-
-thread_local! { static STATS: std::cell::RefCell<(u64,u64,f64,f64)> = const { std::cell::RefCell::new((0,0,0.0,0.0)) }; }
-
-/// fdatasyncs every touched shard's files, in parallel when there are several (concurrent
-/// fdatasyncs on one filesystem share journal commits and device flushes).
-fn sync_all(touched: &[Arc<ShardLog>]) -> Result<(), StorageError> {
-    if touched.len() == 1 {
-        return lock(&touched[0].writer).sync();
-    }
-    std::thread::scope(|scope| {
-        let (first, rest) = touched.split_first().map_or((None, &[][..]), |(f, r)| (Some(f), r));
-        let handles: Vec<_> = rest.iter().map(|log| scope.spawn(move || lock(&log.writer).sync())).collect();
-        let mut result = first.map_or(Ok(()), |log| lock(&log.writer).sync());
-        for h in handles {
-            let r = h.join().unwrap_or_else(|_| Err(StorageError::Corrupt("fsync thread panicked".into())));
-            if result.is_ok() {
-                result = r;
-            }
-        }
-        result
-    })
 }

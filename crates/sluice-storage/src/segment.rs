@@ -222,14 +222,17 @@ thread_local! {
 /// Buffers larger than this are released after use rather than kept per thread.
 const KEEP_READ_BUF: usize = 4 << 20;
 
-/// Calls `f` for each frame in `[off, end)` of `file`, reading about `chunk` bytes per pread,
-/// until `f` breaks or `end` is reached. Frames are CRC-verified. Returns whether `f` broke.
+/// Calls `f` for each frame in `[off, end)` of `file` until `f` breaks or `end` is reached.
+/// The first pread asks for `first_chunk` bytes, each later one for twice as much up to
+/// `max_chunk` (more if a single frame needs it). Frames are CRC-verified. Returns whether `f`
+/// broke.
 pub(crate) fn scan_frames<F>(
     file: &File,
     path: &Path,
     mut off: u64,
     end: u64,
-    chunk: usize,
+    first_chunk: usize,
+    max_chunk: usize,
     mut f: F,
 ) -> Result<bool, StorageError>
 where
@@ -239,9 +242,9 @@ where
         let mut guard = match cell.try_borrow_mut() {
             Ok(g) => g,
             // Re-entrant use cannot happen in this crate; fall back to a private buffer anyway.
-            Err(_) => return scan_with(&mut Vec::new(), file, path, &mut off, end, chunk, &mut f),
+            Err(_) => return scan_with(&mut Vec::new(), file, path, &mut off, end, (first_chunk, max_chunk), &mut f),
         };
-        let r = scan_with(&mut guard, file, path, &mut off, end, chunk, &mut f);
+        let r = scan_with(&mut guard, file, path, &mut off, end, (first_chunk, max_chunk), &mut f);
         if guard.capacity() > KEEP_READ_BUF {
             *guard = Vec::new();
         }
@@ -255,13 +258,14 @@ fn scan_with<F>(
     path: &Path,
     off: &mut u64,
     end: u64,
-    chunk: usize,
+    (first_chunk, max_chunk): (usize, usize),
     f: &mut F,
 ) -> Result<bool, StorageError>
 where
     F: FnMut(&FrameRef<'_>) -> ControlFlow<()>,
 {
-    let mut want_chunk = chunk.max(FRAME_HEADER_LEN);
+    let max_chunk = max_chunk.max(FRAME_HEADER_LEN);
+    let mut want_chunk = first_chunk.clamp(FRAME_HEADER_LEN, max_chunk);
     while *off < end {
         let want = (end - *off).min(want_chunk as u64) as usize;
         if buf.len() < want {
@@ -301,6 +305,9 @@ where
             }
         }
         *off += p as u64;
+        if p > 0 {
+            want_chunk = want_chunk.saturating_mul(2).min(max_chunk).max(want_chunk);
+        }
     }
     Ok(false)
 }

@@ -15,14 +15,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use tokio::sync::watch;
 
+use crate::commit::SyncJob;
 use crate::error::{StorageError, at};
 use crate::segment::{
-    self, FrameRef, IndexCursor, IndexEntry, SEGMENT_HEADER_LEN, SegmentSummary, encode_frame, frame_len,
-    segment_file_name, segment_header, sidecar_path,
+    self, FrameRef, INDEX_EVERY_BYTES, INDEX_EVERY_RECORDS, IndexCursor, IndexEntry, SEGMENT_HEADER_LEN,
+    SegmentSummary, encode_frame, frame_len, segment_file_name, segment_header, sidecar_path,
 };
 use crate::sync::{read, write};
 use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoredRecord};
@@ -57,6 +57,17 @@ struct Loc {
     file: Arc<File>,
     offset: u64,
     end: u64,
+    /// Ordinal of the frame at `offset`.
+    ordinal: u64,
+    /// Average frame size in the segment, for sizing reads.
+    avg_frame: u64,
+}
+
+impl Segment {
+    fn avg_frame(&self) -> u64 {
+        let records = self.last_ordinal + 1 - self.first_ordinal;
+        (self.len.saturating_sub(SEGMENT_HEADER_LEN) / records.max(1)).max(1)
+    }
 }
 
 impl ShardState {
@@ -78,7 +89,15 @@ impl ShardState {
             return None;
         }
         let ei = seg.index.partition_point(|e| e.ordinal <= ordinal).checked_sub(1)?;
-        Some(Loc { path: seg.path.clone(), file: seg.file.clone(), offset: seg.index[ei].offset, end: seg.len })
+        let e = seg.index[ei];
+        Some(Loc {
+            path: seg.path.clone(),
+            file: seg.file.clone(),
+            offset: e.offset,
+            end: seg.len,
+            ordinal: e.ordinal,
+            avg_frame: seg.avg_frame(),
+        })
     }
 }
 
@@ -312,41 +331,58 @@ impl ShardLog {
         let mut records: Vec<StoredRecord> = Vec::with_capacity((available as usize).min(max_records).min(4096));
         let mut next = from;
         let mut bytes = 0usize;
-        // Enough for the wanted records plus the (at most 127) records skipped after the index
-        // entry; the scanner grows it for single large frames.
-        let chunk =
+        // Reads grow from an estimate (records skipped after the index entry plus the records
+        // wanted, at the segment's average frame size) up to a cap; one big frame still fits.
+        let max_chunk =
             max_bytes.saturating_add(max_records.saturating_mul(48)).saturating_add(16 << 10).clamp(64 << 10, 4 << 20);
+        let first_chunk = |l: &Loc, next: u64| -> usize {
+            let skip = next.saturating_sub(l.ordinal).saturating_mul(l.avg_frame);
+            let want = (max_records as u64)
+                .min(tip.next_ordinal - next)
+                .saturating_mul(l.avg_frame)
+                .min((max_bytes as u64).saturating_add(2 * l.avg_frame));
+            usize::try_from(skip.saturating_add(want).saturating_add(want / 8).saturating_add(4096))
+                .unwrap_or(usize::MAX)
+        };
         let mut full = false;
         while let Some(l) = loc.take() {
             let before = next;
             let mut bad_ordinal = None;
-            segment::scan_frames(&l.file, &l.path, l.offset, l.end, chunk, |f: &FrameRef<'_>| {
-                if f.ordinal < next {
-                    return ControlFlow::Continue(());
-                }
-                if f.ordinal != next {
-                    bad_ordinal = Some(f.ordinal);
-                    return ControlFlow::Break(());
-                }
-                let size = f.pk.len() + f.data.len();
-                if !records.is_empty() && bytes + size > max_bytes {
-                    full = true;
-                    return ControlFlow::Break(());
-                }
-                records.push(StoredRecord {
-                    ordinal: f.ordinal,
-                    arrival_ms: f.arrival_ms,
-                    partition_key: String::from_utf8_lossy(f.pk).into_owned(),
-                    data: f.data.to_vec(),
-                });
-                bytes += size;
-                next += 1;
-                if records.len() >= max_records || next >= tip.next_ordinal {
-                    full = true;
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            })?;
+            segment::scan_frames(
+                &l.file,
+                &l.path,
+                l.offset,
+                l.end,
+                first_chunk(&l, next),
+                max_chunk,
+                |f: &FrameRef<'_>| {
+                    if f.ordinal < next {
+                        return ControlFlow::Continue(());
+                    }
+                    if f.ordinal != next {
+                        bad_ordinal = Some(f.ordinal);
+                        return ControlFlow::Break(());
+                    }
+                    let size = f.pk.len() + f.data.len();
+                    if !records.is_empty() && bytes + size > max_bytes {
+                        full = true;
+                        return ControlFlow::Break(());
+                    }
+                    records.push(StoredRecord {
+                        ordinal: f.ordinal,
+                        arrival_ms: f.arrival_ms,
+                        partition_key: String::from_utf8_lossy(f.pk).into_owned(),
+                        data: f.data.to_vec(),
+                    });
+                    bytes += size;
+                    next += 1;
+                    if records.len() >= max_records || next >= tip.next_ordinal {
+                        full = true;
+                        return ControlFlow::Break(());
+                    }
+                    ControlFlow::Continue(())
+                },
+            )?;
             if let Some(found) = bad_ordinal {
                 return Err(StorageError::Corrupt(format!(
                     "{}: found ordinal {found} where {next} was expected",
@@ -389,14 +425,19 @@ impl ShardLog {
                 None => st.segments.get(si + 1).map_or(st.next_ordinal, |s| s.first_ordinal),
             };
             let limit = seg.index.get(ei + 1).map_or(seg.len, |e| e.offset);
-            (
-                Loc { path: seg.path.clone(), file: seg.file.clone(), offset: seg.index[ei].offset, end: seg.len },
-                limit,
-                fallback,
-            )
+            let l = Loc {
+                path: seg.path.clone(),
+                file: seg.file.clone(),
+                offset: seg.index[ei].offset,
+                end: seg.len,
+                ordinal: seg.index[ei].ordinal,
+                avg_frame: seg.avg_frame(),
+            };
+            (l, limit, fallback)
         };
         let mut found = None;
-        segment::scan_frames(&l.file, &l.path, l.offset, limit.min(l.end), 64 << 10, |f| {
+        let first_chunk = (INDEX_EVERY_RECORDS as u64 + 1).saturating_mul(l.avg_frame).min(INDEX_EVERY_BYTES * 2);
+        segment::scan_frames(&l.file, &l.path, l.offset, limit.min(l.end), first_chunk as usize, 1 << 20, |f| {
             if f.arrival_ms >= ts_ms {
                 found = Some(f.ordinal);
                 ControlFlow::Break(())
@@ -599,17 +640,15 @@ impl WriterShard {
         Ok(())
     }
 
-    /// fdatasyncs every touched segment once, and the directory if a segment was created.
-    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+    /// The fdatasyncs this group needs: every touched segment once, and the directory if a
+    /// segment was created.
+    pub(crate) fn sync_jobs(&self, out: &mut Vec<SyncJob>) -> Result<(), StorageError> {
         for p in &self.plans {
-            let t = Instant::now();
-            p.seg.file.sync_data().map_err(at(&p.seg.path))?;
-            metrics::histogram!("sluice_fsync_seconds").record(t.elapsed().as_secs_f64());
+            out.push(SyncJob { file: p.seg.file.clone(), path: p.seg.path.clone() });
         }
         if self.plans.iter().any(|p| p.is_new) {
-            let t = Instant::now();
-            sync_dir(&self.dir)?;
-            metrics::histogram!("sluice_fsync_seconds").record(t.elapsed().as_secs_f64());
+            let d = File::open(&self.dir).map_err(at(&self.dir))?;
+            out.push(SyncJob { file: Arc::new(d), path: self.dir.as_path().into() });
         }
         Ok(())
     }

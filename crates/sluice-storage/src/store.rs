@@ -13,11 +13,11 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use crate::catalog::Catalog;
-use crate::commit::{Queue, Request};
+use crate::commit::{Queue, Request, SYNC_HELPERS, SyncPool};
 use crate::error::{StorageError, at};
 use crate::shard_log::{ShardLog, sync_dir};
 use crate::sync::{lock, read, write};
-use crate::{AppendRecord, Appended, ReadBatch, ShardPosition, StoreConfig};
+use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig};
 
 const CATALOG_FILE: &str = "catalog.json";
 const SECRET_FILE: &str = "secret.key";
@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub commit_gate: Mutex<()>,
     logs: RwLock<Arc<LogMap>>,
     pub queue: Queue,
+    /// Runs a group's fdatasyncs concurrently.
+    pub sync_pool: SyncPool,
     stop: Mutex<bool>,
     stop_cv: Condvar,
 }
@@ -73,6 +75,14 @@ impl Handle {
         *lock(&self.shared.stop) = true;
         self.shared.stop_cv.notify_all();
         let threads = std::mem::take(&mut *lock(&self.threads));
+        let mut threads = threads.into_iter();
+        // The commit thread first: it drains pending appends and may still need the fsync pool.
+        if let Some(commit) = threads.next()
+            && commit.join().is_err()
+        {
+            tracing::error!("the commit thread panicked");
+        }
+        self.shared.sync_pool.stop();
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("a storage thread panicked");
@@ -290,6 +300,7 @@ impl Store {
             commit_gate: Mutex::new(()),
             logs: RwLock::new(Arc::new(logs)),
             queue: Queue::new(),
+            sync_pool: SyncPool::new(),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
         });
@@ -302,11 +313,22 @@ impl Store {
                 .map_err(at(&data_dir))?,
         );
         let handle = Handle { shared: shared.clone(), threads: Mutex::new(threads) };
+        // On error, dropping `handle` stops what was started.
         let r = shared.clone();
-        match std::thread::Builder::new().name("sluice-retention".into()).spawn(move || r.run_retention()) {
-            Ok(t) => lock(&handle.threads).push(t),
-            // Dropping `handle` stops the commit thread.
-            Err(e) => return Err(StorageError::io(&data_dir, e)),
+        let t = std::thread::Builder::new()
+            .name("sluice-retention".into())
+            .spawn(move || r.run_retention())
+            .map_err(at(&data_dir))?;
+        lock(&handle.threads).push(t);
+        if shared.cfg.durability == Durability::Fsync {
+            for i in 0..SYNC_HELPERS {
+                let p = shared.clone();
+                let t = std::thread::Builder::new()
+                    .name(format!("sluice-fsync-{i}"))
+                    .spawn(move || p.sync_pool.work())
+                    .map_err(at(&data_dir))?;
+                lock(&handle.threads).push(t);
+            }
         }
         tracing::info!(data_dir = %data_dir.display(), "store opened");
         Ok(Store { h: Arc::new(handle) })
@@ -365,7 +387,7 @@ impl Store {
                 for sm in &meta.shards {
                     match existing.and_then(|s| s.shards.get(&sm.index)) {
                         Some(log) => {
-                            if log.is_closed() != !sm.is_open() {
+                            if log.is_closed() == sm.is_open() {
                                 flips.push((log.clone(), log.is_closed()));
                             }
                             shards.insert(sm.index, log.clone());
@@ -418,13 +440,17 @@ impl Store {
             return Err(e.into());
         }
 
-        let needs_gate = !flips.is_empty() || !dropped_streams.is_empty() || !dropped_shards.is_empty();
+        // Dropped shards (and every shard of dropped streams) close too, so in-flight appends
+        // holding the old logs are refused.
+        for log in dropped_shards.iter().chain(dropped_streams.iter().flat_map(|s| s.shards.values())) {
+            if !log.is_closed() {
+                flips.push((log.clone(), false));
+            }
+        }
+        let needs_gate = !flips.is_empty() || !dropped_streams.is_empty();
         let gate = needs_gate.then(|| lock(&sh.commit_gate));
         for (log, was) in &flips {
             log.set_closed(!was);
-        }
-        for log in dropped_shards.iter().chain(dropped_streams.iter().flat_map(|s| s.shards.values())) {
-            log.set_closed(true);
         }
         for s in &dropped_streams {
             s.deleted.store(true, Ordering::Release);
@@ -433,14 +459,8 @@ impl Store {
             for (log, was) in &flips {
                 log.set_closed(*was);
             }
-            for log in &dropped_shards {
-                log.set_closed(false);
-            }
             for s in &dropped_streams {
                 s.deleted.store(false, Ordering::Release);
-                for log in s.shards.values() {
-                    log.set_closed(false);
-                }
             }
             drop(gate);
             for d in &created {

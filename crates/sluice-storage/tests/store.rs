@@ -70,7 +70,7 @@ fn read_limits_and_edges() {
     assert!(empty.records.is_empty());
     assert_eq!((empty.next_ordinal, empty.tip.first_ordinal, empty.tip.next_ordinal), (1, 1, 1));
     assert_eq!(empty.tip.last_arrival_ms, None);
-    let recs: Vec<_> = (0..10).map(|i| rec(0, "k", &vec![i as u8; 100])).collect();
+    let recs: Vec<_> = (0..10).map(|i| rec(0, "k", &[i as u8; 100])).collect();
     common::rt().block_on(store.append(STREAM, TAG, recs)).unwrap();
     // Byte budget: key (1) + data (100) per record.
     let b = store.read(STREAM, TAG, 0, 0, 100, 250).unwrap();
@@ -501,4 +501,17 @@ fn shutdown_drains_and_refuses_new_appends() {
     assert!(matches!(e, Err(StorageError::ShuttingDown)));
     assert_eq!(read_all(&store, STREAM, TAG, 0, 10).len(), 1);
     store.shutdown();
+}
+
+#[test]
+fn store_is_shareable_and_append_future_is_send() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Store>();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1 << 20, Durability::Os);
+    create_stream(&store, STREAM, TAG, 1);
+    let fut = store.append(STREAM, TAG, vec![rec(0, "k", b"v")]);
+    send(&fut);
+    drop(fut);
 }

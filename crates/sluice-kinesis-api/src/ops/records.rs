@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::input::{Checker, Fields};
 use crate::obj;
 use crate::state::{AppState, Ctx, stream_name};
-use crate::value::Out;
+use crate::value::{Format, Out, write_json_blob, write_json_str, write_json_timestamp};
 
 /// Most records one GetRecords call returns.
 pub const MAX_GET_RECORDS: i64 = 10_000;
@@ -41,6 +41,25 @@ struct Entry<'r> {
     data: Cow<'r, [u8]>,
     key: &'r str,
     hash: Option<&'r str>,
+}
+
+/// Reads one entry, trying the common valid case without building member paths; falls back to
+/// [`read_entry`] (which formats `records.N.member.` paths) only when something is wrong.
+fn read_put_entry<'r>(
+    f: &Fields<'r, '_>,
+    check: &mut Checker,
+    index: usize,
+    max_record: usize,
+) -> Result<Option<Entry<'r>>, ApiError> {
+    if let (Some(data), Some(key)) = (f.blob("Data")?, f.str("PartitionKey")?) {
+        let hash = f.str("ExplicitHashKey")?;
+        let key_ok = !key.is_empty() && (key.len() <= 256 || key.chars().count() <= 256);
+        let hash_ok = hash.is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
+        if data.len() <= max_record && key_ok && hash_ok {
+            return Ok(Some(Entry { data, key, hash }));
+        }
+    }
+    read_entry(f, check, &format!("records.{}.member.", index + 1), max_record)
 }
 
 /// Reads and checks one `{Data, PartitionKey, ExplicitHashKey}` entry; `prefix` is the member
@@ -237,7 +256,7 @@ pub async fn put_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
     if list.is_some_and(|l| l.len() <= 500) {
         for (i, item) in list.unwrap_or_default().iter().enumerate() {
             let ef = Fields::new(item, ctx.format, "Records")?;
-            if let Some(e) = read_entry(&ef, &mut check, &format!("records.{}.member.", i + 1), max_record)? {
+            if let Some(e) = read_put_entry(&ef, &mut check, i, max_record)? {
                 entries.push(e);
             }
         }
@@ -260,6 +279,9 @@ pub async fn put_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
     let hashes = entries.iter().map(hash_of).collect::<Result<Vec<u128>, ApiError>>()?;
     let results = append_entries(st, ctx, name, &entries, &hashes).await?;
     let failed = results.iter().filter(|r| r.is_err()).count();
+    if ctx.format == Format::Json {
+        return Ok(Out::RawJson(put_records_json(st, name, failed, &results)));
+    }
     let records: Vec<Out> = results
         .into_iter()
         .map(|r| match r {
@@ -275,6 +297,44 @@ pub async fn put_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         ("Records", Out::List(records)),
         ("EncryptionType", encryption_of(st, name))
     ])
+}
+
+/// The PutRecords answer written straight to JSON (the hot path: no intermediate tree).
+fn put_records_json(
+    st: &AppState,
+    name: &str,
+    failed: usize,
+    results: &[Result<(u32, SequenceNumber), u32>],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + results.len() * 100);
+    out.extend_from_slice(b"{\"FailedRecordCount\":");
+    out.extend_from_slice(failed.to_string().as_bytes());
+    out.extend_from_slice(b",\"Records\":[");
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match r {
+            Ok((shard, seq)) => {
+                out.extend_from_slice(b"{\"SequenceNumber\":\"");
+                seq.write_to(&mut out);
+                out.extend_from_slice(b"\",\"ShardId\":\"");
+                out.extend_from_slice(ShardId(*shard).to_string().as_bytes());
+                out.extend_from_slice(b"\"}");
+            }
+            Err(shard) => {
+                out.extend_from_slice(b"{\"ErrorCode\":\"ProvisionedThroughputExceededException\",\"ErrorMessage\":");
+                write_json_str(&throttled_message(st, name, *shard), &mut out);
+                out.push(b'}');
+            }
+        }
+    }
+    out.extend_from_slice(b"]");
+    if encryption_of(st, name).is_some() {
+        out.extend_from_slice(b",\"EncryptionType\":\"KMS\"");
+    }
+    out.push(b'}');
+    out
 }
 
 /// GetShardIterator.
@@ -447,6 +507,56 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         if caught_up { 0 } else { batch.records.last().map_or(0, |r| ctx.now_ms.saturating_sub(r.arrival_ms)) as i64 };
     let at_end = caught_up && shard.closed_ms.is_some();
     let encrypted = meta.encryption_key.is_some().then_some("KMS");
+    let next = (!at_end).then(|| {
+        ShardIterator {
+            stream: meta.name.clone(),
+            stream_tag: meta.tag,
+            shard: shard.index,
+            position: batch.next_ordinal,
+            issued_ms: ctx.now_ms,
+        }
+        .encode(&st.secret)
+    });
+    if ctx.format == Format::Json {
+        let mut out = Vec::with_capacity(64 + bytes * 4 / 3 + batch.records.len() * 140);
+        out.extend_from_slice(b"{\"Records\":[");
+        for (i, r) in batch.records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let seq = SequenceNumber {
+                stream_tag: meta.tag,
+                shard: shard.index,
+                ordinal: r.ordinal,
+                arrival_ms: r.arrival_ms,
+            };
+            out.extend_from_slice(b"{\"SequenceNumber\":\"");
+            seq.write_to(&mut out);
+            out.extend_from_slice(b"\",\"ApproximateArrivalTimestamp\":");
+            write_json_timestamp(r.arrival_ms, &mut out);
+            out.extend_from_slice(b",\"Data\":");
+            write_json_blob(&r.data, &mut out);
+            out.extend_from_slice(b",\"PartitionKey\":");
+            write_json_str(&r.partition_key, &mut out);
+            if encrypted.is_some() {
+                out.extend_from_slice(b",\"EncryptionType\":\"KMS\"");
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]");
+        if let Some(n) = &next {
+            out.extend_from_slice(b",\"NextShardIterator\":");
+            write_json_str(n, &mut out);
+        }
+        out.extend_from_slice(b",\"MillisBehindLatest\":");
+        out.extend_from_slice(millis_behind.to_string().as_bytes());
+        if at_end {
+            out.extend_from_slice(b",\"ChildShards\":");
+            out.extend_from_slice(&child_shards_out(meta, shard.index).encode(Format::Json));
+        }
+        out.push(b'}');
+        return Ok(Out::RawJson(out));
+    }
     let records: Vec<Out> = batch
         .records
         .into_iter()
@@ -466,16 +576,6 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
             ]
         })
         .collect();
-    let next = (!at_end).then(|| {
-        ShardIterator {
-            stream: meta.name.clone(),
-            stream_tag: meta.tag,
-            shard: shard.index,
-            position: batch.next_ordinal,
-            issued_ms: ctx.now_ms,
-        }
-        .encode(&st.secret)
-    });
     Ok(obj![
         ("Records", Out::List(records)),
         ("NextShardIterator", next),
