@@ -22,6 +22,20 @@ impl ShardId {
     }
 }
 
+impl ShardId {
+    /// Appends `shardId-` and the 12-digit index to `out` (the hot paths' formatter).
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut digits = [b'0'; 12];
+        let mut v = self.0;
+        for slot in digits.iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(b"shardId-");
+        out.extend_from_slice(&digits);
+    }
+}
+
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "shardId-{:012}", self.0)
@@ -35,6 +49,9 @@ mod tests {
     #[test]
     fn formats_and_parses() {
         assert_eq!(ShardId(7).to_string(), "shardId-000000000007");
+        let mut v = Vec::new();
+        ShardId(1234567).write_to(&mut v);
+        assert_eq!(v, b"shardId-000001234567");
         assert_eq!(ShardId::parse("shardId-000000000007"), Some(ShardId(7)));
         assert_eq!(ShardId::parse("shardId-7"), Some(ShardId(7)));
         assert_eq!(ShardId::parse("7"), Some(ShardId(7)));

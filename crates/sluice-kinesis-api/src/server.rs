@@ -225,6 +225,18 @@ async fn handle(
     if bytes.is_empty() {
         return Err(ApiError::serialization("The request body is empty; expected a structure."));
     }
+    if op == "PutRecords" && format == Format::Json {
+        let ctx = Ctx {
+            format,
+            region: region.clone().unwrap_or_else(|| st.config.default_region.clone()),
+            now_ms: sluice_core::now_ms(),
+        };
+        if let Some(result) = ops::records::put_records_fast(st, &ctx, &bytes).await {
+            let mut r = (StatusCode::OK, raw_body(result?)).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+            return Ok(r);
+        }
+    }
     let value = value::decode(format, &bytes)
         .map_err(|e| ApiError::serialization(format!("Could not parse the request: {e}")))?;
     let fields = Fields::new(&value, format, "request")?;
@@ -242,12 +254,22 @@ async fn handle(
     let out = ops::dispatch(st, &ctx, op, fields).await?;
     let body = match out {
         value::Out::Null => Vec::new(),
-        value::Out::RawJson(raw) => raw,
-        other => other.encode(format),
+        other => raw_body_in(other, format),
     };
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     Ok(r)
+}
+
+fn raw_body(out: value::Out) -> Vec<u8> {
+    raw_body_in(out, Format::Json)
+}
+
+fn raw_body_in(out: value::Out, format: Format) -> Vec<u8> {
+    match out {
+        value::Out::RawJson(raw) => raw,
+        other => other.encode(format),
+    }
 }
 
 #[cfg(test)]

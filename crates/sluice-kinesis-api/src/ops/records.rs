@@ -262,7 +262,58 @@ pub async fn put_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         }
     }
     check.finish()?;
-    let name = name.unwrap_or_default();
+    put_entries(st, ctx, name.unwrap_or_default(), &entries, max_record).await
+}
+
+/// PutRecords for JSON requests of the usual shape, read straight into typed structs that
+/// borrow from the body. Returns None whenever anything is unusual (a type error, a constraint
+/// violation, an unknown stream) so that the general path produces the exact error.
+pub async fn put_records_fast(st: &AppState, ctx: &Ctx, body: &[u8]) -> Option<Result<Out, ApiError>> {
+    #[derive(serde::Deserialize)]
+    struct Request<'a> {
+        #[serde(rename = "Records", borrow)]
+        records: Vec<RequestEntry<'a>>,
+        #[serde(rename = "StreamName", borrow, default)]
+        stream_name: Option<Cow<'a, str>>,
+        #[serde(rename = "StreamARN", borrow, default)]
+        stream_arn: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RequestEntry<'a> {
+        #[serde(rename = "Data", borrow)]
+        data: Cow<'a, str>,
+        #[serde(rename = "PartitionKey", borrow)]
+        key: Cow<'a, str>,
+        #[serde(rename = "ExplicitHashKey", borrow, default)]
+        hash: Option<Cow<'a, str>>,
+    }
+    let req: Request<'_> = serde_json::from_slice(body).ok()?;
+    if req.stream_arn.is_some() || req.records.is_empty() || req.records.len() > 500 {
+        return None;
+    }
+    let name = req.stream_name.as_deref().filter(|n| n.len() <= 128 && crate::input::is_name(n))?;
+    let max_record = max_record_bytes(st, Some(name));
+    let mut entries = Vec::with_capacity(req.records.len());
+    for e in &req.records {
+        use base64::Engine;
+        let data = base64::engine::general_purpose::STANDARD.decode(e.data.as_bytes()).ok()?;
+        let key_ok = !e.key.is_empty() && (e.key.len() <= 256 || e.key.chars().count() <= 256);
+        let hash_ok = e.hash.as_deref().is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
+        if data.len() > max_record || !key_ok || !hash_ok {
+            return None;
+        }
+        entries.push(Entry { data: Cow::Owned(data), key: &e.key, hash: e.hash.as_deref() });
+    }
+    Some(put_entries(st, ctx, name, &entries, max_record).await)
+}
+
+async fn put_entries(
+    st: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    entries: &[Entry<'_>],
+    max_record: usize,
+) -> Result<Out, ApiError> {
     let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
     if total > MAX_PUT_RECORDS_BYTES.max(max_record) {
         return Err(ApiError::invalid_argument(format!(
@@ -277,7 +328,7 @@ pub async fn put_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         )));
     }
     let hashes = entries.iter().map(hash_of).collect::<Result<Vec<u128>, ApiError>>()?;
-    let results = append_entries(st, ctx, name, &entries, &hashes).await?;
+    let results = append_entries(st, ctx, name, entries, &hashes).await?;
     let failed = results.iter().filter(|r| r.is_err()).count();
     if ctx.format == Format::Json {
         return Ok(Out::RawJson(put_records_json(st, name, failed, &results)));
@@ -319,7 +370,7 @@ fn put_records_json(
                 out.extend_from_slice(b"{\"SequenceNumber\":\"");
                 seq.write_to(&mut out);
                 out.extend_from_slice(b"\",\"ShardId\":\"");
-                out.extend_from_slice(ShardId(*shard).to_string().as_bytes());
+                ShardId(*shard).write_to(&mut out);
                 out.extend_from_slice(b"\"}");
             }
             Err(shard) => {
