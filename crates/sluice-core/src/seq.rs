@@ -50,25 +50,29 @@ pub enum SequenceNumberError {
 }
 
 fn put_digits(out: &mut [u8], mut v: u64) {
-    for slot in out.iter_mut().rev() {
-        *slot = b'0' + (v % 10) as u8;
-        v /= 10;
+    // Two digits per division: this runs for every record of every GetRecords answer.
+    const PAIRS: &[u8; 200] = b"00010203040506070809101112131415161718192021222324252627282930313233343536373839404142434445464748495051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
+    let mut i = out.len();
+    while i >= 2 {
+        let pair = (v % 100) as usize * 2;
+        v /= 100;
+        out[i - 2] = PAIRS[pair];
+        out[i - 1] = PAIRS[pair + 1];
+        i -= 2;
+    }
+    if i == 1 {
+        out[0] = b'0' + (v % 10) as u8;
     }
 }
 
 fn luhn(digits: &[u8]) -> u8 {
     // Doubling every second digit from the right catches every single-digit change and most
-    // swaps of neighbours.
+    // swaps of neighbours. DOUBLED[d] is 2d with its digits summed.
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
     let mut sum = 0u32;
     for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(d - b'0');
-        if i % 2 == 0 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
+        let v = usize::from(d - b'0');
+        sum += if i % 2 == 0 { DOUBLED[v] } else { v as u32 };
     }
     b'0' + ((10 - sum % 10) % 10) as u8
 }
