@@ -139,19 +139,21 @@ impl<'r, 'a> Fields<'r, 'a> {
         }
     }
 
-    /// A timestamp as epoch ms: JSON sends epoch seconds (integer or fractional); CBOR sends tag 1
-    /// with epoch milliseconds (the Java SDK convention; floats and untagged values accepted).
+    /// A timestamp as epoch ms. JSON sends epoch seconds (integer or fractional). CBOR from the
+    /// Java SDK sends tag 1 with epoch *milliseconds*, while RFC 8949 tools send seconds; a CBOR
+    /// value below 10^11 (1973 in ms, year 5138 in s) is therefore read as seconds.
     pub fn timestamp(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        let secs_scale = match self.format {
-            Format::Json => 1000.0,
-            Format::Cbor => 1.0,
+        let v = match self.raw(name) {
+            None => return Ok(None),
+            Some(Value::Int(n)) => *n as f64,
+            Some(Value::Float(f)) if f.is_finite() => *f,
+            Some(other) => return Err(type_error(name, "timestamp", other)),
         };
-        match self.raw(name) {
-            None => Ok(None),
-            Some(Value::Int(n)) => Ok(Some((*n as f64 * secs_scale) as i64)),
-            Some(Value::Float(f)) if f.is_finite() => Ok(Some((f * secs_scale).round() as i64)),
-            Some(other) => Err(type_error(name, "timestamp", other)),
-        }
+        let seconds = match self.format {
+            Format::Json => true,
+            Format::Cbor => v.abs() < 1e11,
+        };
+        Ok(Some(if seconds { (v * 1000.0).round() as i64 } else { v.round() as i64 }))
     }
 }
 

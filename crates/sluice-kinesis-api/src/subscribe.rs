@@ -96,6 +96,7 @@ pub fn start(st: &Shared, ctx: &Ctx, f: Fields<'_, '_>) -> Result<mpsc::Receiver
         key,
         stop: stop_rx,
         started_ms: ctx.now_ms,
+        last: None,
     };
     tokio::spawn(task.run(tx));
     Ok(rx)
@@ -111,6 +112,7 @@ struct Subscription {
     key: (String, u32),
     stop: watch::Receiver<bool>,
     started_ms: u64,
+    last: Option<SequenceNumber>,
 }
 
 fn event(format: Format, kind: &str, payload: &[u8]) -> Bytes {
@@ -171,6 +173,12 @@ impl Subscription {
                 if caught_up { 0 } else { batch.records.last().map_or(0, |r| now.saturating_sub(r.arrival_ms)) };
             let n = batch.records.len();
             let bytes: usize = batch.records.iter().map(|r| r.data.len()).sum();
+            let last = batch.records.last().map(|r| SequenceNumber {
+                stream_tag: self.tag,
+                shard: self.shard,
+                ordinal: r.ordinal,
+                arrival_ms: r.arrival_ms,
+            });
             let records: Vec<Out> = batch
                 .records
                 .into_iter()
@@ -190,12 +198,16 @@ impl Subscription {
                 })
                 .collect();
             self.position = batch.next_ordinal;
-            let continuation = SequenceNumber {
+            if let Some(seq) = last {
+                self.last = Some(seq);
+            }
+            // The last record delivered; before any, a number just below the start position.
+            let continuation = self.last.unwrap_or(SequenceNumber {
                 stream_tag: self.tag,
                 shard: self.shard,
                 ordinal: self.position.saturating_sub(1),
                 arrival_ms: created,
-            };
+            });
             let payload = obj![
                 ("Records", Out::List(records)),
                 ("ContinuationSequenceNumber", (!at_end).then(|| continuation.to_string())),

@@ -179,13 +179,28 @@ impl<'de> Deserialize<'de> for Value<'de> {
     }
 }
 
-/// A value that owns its strings (ciborium reads from a stream and cannot lend them).
-struct OwnedValue(Value<'static>);
-
-impl<'de> Deserialize<'de> for OwnedValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Value::deserialize(d).map(|v| OwnedValue(v.into_owned()))
-    }
+fn from_cbor(v: ciborium::value::Value) -> Result<Value<'static>, String> {
+    use ciborium::value::Value as C;
+    Ok(match v {
+        C::Null => Value::Null,
+        C::Bool(b) => Value::Bool(b),
+        C::Integer(i) => Value::Int(i128::from(i)),
+        C::Float(f) => Value::Float(f),
+        C::Text(s) => Value::Str(Cow::Owned(s)),
+        C::Bytes(b) => Value::Bytes(Cow::Owned(b)),
+        C::Tag(_, inner) => from_cbor(*inner)?,
+        C::Array(items) => Value::List(items.into_iter().map(from_cbor).collect::<Result<_, _>>()?),
+        C::Map(entries) => Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| match k {
+                    C::Text(k) => Ok((Cow::Owned(k), from_cbor(v)?)),
+                    other => Err(format!("map keys must be text strings, got {other:?}")),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        other => return Err(format!("unsupported CBOR item {other:?}")),
+    })
 }
 
 impl Value<'_> {
@@ -215,9 +230,11 @@ pub fn decode(format: Format, body: &[u8]) -> Result<Value<'_>, String> {
         Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
         Format::Cbor => {
             // ciborium skips tags in self-describing mode, so tag 1 (timestamps) yields its number.
-            ciborium::de::from_reader_with_recursion_limit::<OwnedValue, _>(body, 64)
-                .map(|v| v.0)
-                .map_err(|e| format!("{e:?}"))
+            // Through ciborium's own value type, which understands tags (tag 1 timestamps carry
+            // their number through) and indefinite-length items.
+            let v: ciborium::value::Value =
+                ciborium::de::from_reader_with_recursion_limit(body, 64).map_err(|e| format!("{e:?}"))?;
+            from_cbor(v)
         }
     }
 }
