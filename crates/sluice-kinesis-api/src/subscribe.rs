@@ -129,18 +129,18 @@ impl Subscription {
             Format::Json => b"{}".to_vec(),
             Format::Cbor => Out::Map(vec![]).encode(Format::Cbor),
         };
-        if tx.send(event(self.format, "initial-response", &initial)).await.is_ok() {
-            if let Err(e) = self.pump(&tx).await {
-                let frame = encode_frame(
-                    &[
-                        (":exception-type", e.kind),
-                        (":content-type", self.format.content_type()),
-                        (":message-type", "exception"),
-                    ],
-                    &obj![("message", e.message.clone())].encode(self.format),
-                );
-                let _ = tx.send(Bytes::from(frame)).await;
-            }
+        if tx.send(event(self.format, "initial-response", &initial)).await.is_ok()
+            && let Err(e) = self.pump(&tx).await
+        {
+            let frame = encode_frame(
+                &[
+                    (":exception-type", e.kind),
+                    (":content-type", self.format.content_type()),
+                    (":message-type", "exception"),
+                ],
+                &obj![("message", e.message.clone())].encode(self.format),
+            );
+            let _ = tx.send(Bytes::from(frame)).await;
         }
         let mut subs = self.st.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         if subs.get(&self.key).is_some_and(|(started, _)| *started == self.started_ms) {

@@ -75,7 +75,10 @@ pub fn find_consumer<'m>(
 }
 
 /// Resolves `ConsumerARN`, or `StreamARN` + `ConsumerName`, to (stream, consumer, created secs).
-fn target<'r>(f: &Fields<'r, '_>, check: &mut Checker) -> Result<Option<(&'r str, &'r str, Option<u64>)>, ApiError> {
+/// (stream name, consumer name, creation seconds if the ARN gave them).
+type Target<'r> = (&'r str, &'r str, Option<u64>);
+
+fn target<'r>(f: &Fields<'r, '_>, check: &mut Checker) -> Result<Option<Target<'r>>, ApiError> {
     let arn = f.str("ConsumerARN")?;
     let stream_arn = f.str("StreamARN")?;
     let name = f.str("ConsumerName")?;

@@ -184,7 +184,7 @@ pub fn describe_stream(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Ou
     check.finish()?;
     let cat = st.store.catalog();
     let meta = st.find(&cat, name.unwrap_or_default(), ctx.now_ms)?;
-    let after = start.and_then(|s| sluice_core::ShardId::parse(s)).map(|s| s.0);
+    let after = start.and_then(sluice_core::ShardId::parse).map(|s| s.0);
     let limit = limit.unwrap_or(100) as usize;
     let candidates: Vec<&ShardMeta> = meta
         .shards
