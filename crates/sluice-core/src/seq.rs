@@ -122,6 +122,59 @@ impl SequenceNumber {
     }
 }
 
+/// Formats many sequence numbers of one shard quickly: the stream and shard digits (and their
+/// share of the check digit) are computed once, and the arrival-time digits are reused while
+/// consecutive records share an arrival millisecond. Output is identical to
+/// [`SequenceNumber::to_digits`].
+pub struct SequenceWriter {
+    digits: [u8; 56],
+    prefix_sum: u32,
+    arrival: Option<(u64, u32)>,
+}
+
+/// Luhn contribution of `digits` placed at `start` within the 55 checked digits.
+fn luhn_part(digits: &[u8], start: usize) -> u32 {
+    const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+    let mut sum = 0;
+    for (k, d) in digits.iter().enumerate() {
+        let v = usize::from(d - b'0');
+        // Position from the right among 55 digits: 54 - index; even positions are doubled.
+        sum += if (54 - (start + k)) % 2 == 0 { DOUBLED[v] } else { v as u32 };
+    }
+    sum
+}
+
+impl SequenceWriter {
+    /// A writer for one shard of one stream incarnation.
+    pub fn new(stream_tag: u32, shard: u32) -> SequenceWriter {
+        let mut digits = [b'0'; 56];
+        digits[0] = b'4';
+        digits[1] = b'9';
+        put_digits(&mut digits[2..12], u64::from(stream_tag));
+        put_digits(&mut digits[12..22], u64::from(shard));
+        let prefix_sum = luhn_part(&digits[..22], 0);
+        SequenceWriter { digits, prefix_sum, arrival: None }
+    }
+
+    /// Appends the sequence number of the record at `ordinal`, arrived at `arrival_ms`.
+    pub fn write(&mut self, ordinal: u64, arrival_ms: u64, out: &mut Vec<u8>) {
+        let arrival_ms = arrival_ms.min(MAX_ARRIVAL_MS);
+        let arrival_sum = match self.arrival {
+            Some((ms, sum)) if ms == arrival_ms => sum,
+            _ => {
+                put_digits(&mut self.digits[42..55], arrival_ms);
+                let sum = luhn_part(&self.digits[42..55], 42);
+                self.arrival = Some((arrival_ms, sum));
+                sum
+            }
+        };
+        put_digits(&mut self.digits[22..42], ordinal);
+        let sum = self.prefix_sum + arrival_sum + luhn_part(&self.digits[22..42], 22);
+        self.digits[55] = b'0' + ((10 - sum % 10) % 10) as u8;
+        out.extend_from_slice(&self.digits);
+    }
+}
+
 impl fmt::Display for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.to_digits();
@@ -167,6 +220,20 @@ mod tests {
             t[pos] = b'0' + (t[pos] - b'0' + delta) % 10;
             let t = String::from_utf8(t).unwrap_or_default();
             prop_assert!(SequenceNumber::parse(&t).is_err() || t.as_bytes() == s.as_slice());
+        }
+
+        #[test]
+        fn writer_matches_to_digits(tag in any::<u32>(), shard in any::<u32>(), recs in proptest::collection::vec((any::<u64>(), 0u64..3), 1..20)) {
+            let mut w = SequenceWriter::new(tag, shard);
+            let mut arrival = 1_700_000_000_000u64;
+            for (ordinal, step) in recs {
+                arrival += step;
+                let mut out = Vec::new();
+                w.write(ordinal, arrival, &mut out);
+                let n = SequenceNumber { stream_tag: tag, shard, ordinal, arrival_ms: arrival };
+                let want = n.to_digits();
+                prop_assert_eq!(out.as_slice(), want.as_slice());
+            }
         }
 
         #[test]

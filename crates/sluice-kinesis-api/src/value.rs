@@ -406,6 +406,12 @@ pub fn write_json_blob(b: &[u8], out: &mut Vec<u8>) {
 pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Most strings (keys, ids, iterators) need no escaping: copy them whole.
+    if bytes.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: Option<&[u8]> = match b {

@@ -571,18 +571,13 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
     if ctx.format == Format::Json {
         let mut out = Vec::with_capacity(64 + bytes * 4 / 3 + batch.records.len() * 140);
         out.extend_from_slice(b"{\"Records\":[");
+        let mut seqs = sluice_core::seq::SequenceWriter::new(meta.tag, shard.index);
         for (i, r) in batch.records.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            let seq = SequenceNumber {
-                stream_tag: meta.tag,
-                shard: shard.index,
-                ordinal: r.ordinal,
-                arrival_ms: r.arrival_ms,
-            };
             out.extend_from_slice(b"{\"SequenceNumber\":\"");
-            seq.write_to(&mut out);
+            seqs.write(r.ordinal, r.arrival_ms, &mut out);
             out.extend_from_slice(b"\",\"ApproximateArrivalTimestamp\":");
             write_json_timestamp(r.arrival_ms, &mut out);
             out.extend_from_slice(b",\"Data\":");
