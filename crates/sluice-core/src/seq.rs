@@ -139,7 +139,7 @@ fn luhn_part(digits: &[u8], start: usize) -> u32 {
     for (k, d) in digits.iter().enumerate() {
         let v = usize::from(d - b'0');
         // Position from the right among 55 digits: 54 - index; even positions are doubled.
-        sum += if (54 - (start + k)) % 2 == 0 { DOUBLED[v] } else { v as u32 };
+        sum += if (54 - (start + k)).is_multiple_of(2) { DOUBLED[v] } else { v as u32 };
     }
     sum
 }
