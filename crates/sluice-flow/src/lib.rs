@@ -1,0 +1,216 @@
+//! The contract between the pieces of a pipeline, and nothing else.
+//!
+//! ```text
+//! source ──Event──▶ spool (durable, per source) ──Record──▶ sink ──Ack──▶ spool watermark
+//! ```
+//!
+//! A [`Source`] keeps a connection to a provider and sends [`Event`]s; the pipeline writes them
+//! to a durable spool (so a slow sink never stalls the provider) together with the source's
+//! cursor, which is how a restart resumes exactly where the spool ends. A [`Sink`] receives
+//! [`Record`]s in spool order and answers [`Ack`]s once each record is durably delivered or
+//! dead-lettered; the pipeline advances the sink's read watermark only over contiguous acks, so
+//! nothing unacknowledged is ever skipped. Anything that cannot be used is written to a
+//! [`DeadLetters`] file and counted; nothing is dropped silently.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+/// A boxed, sendable future (sources and sinks are stored as trait objects).
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Errors that stop a source or sink for good (everything transient is retried inside).
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// The component's configuration cannot work (e.g. an unparsable URL).
+    #[error("{component}: invalid configuration: {message}")]
+    Config {
+        /// Component name.
+        component: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A failure the component cannot recover from.
+    #[error("{component}: {message}")]
+    Fatal {
+        /// Component name.
+        component: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// One message from a provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The message as received (a text frame's UTF-8 bytes, a binary frame, an SSE `data`, or one
+    /// NDJSON line without its newline).
+    pub payload: Bytes,
+    /// The provider's resume position after this message, if the source extracts one.
+    pub cursor: Option<String>,
+    /// When it arrived, epoch ms.
+    pub received_ms: u64,
+}
+
+/// Everything a source is given when it starts.
+pub struct SourceContext {
+    /// The source's name in the pipeline file.
+    pub name: String,
+    /// The cursor of the last event already in the spool: resume after it.
+    pub resume_cursor: Option<String>,
+    /// Where events go. Bounded; the pipeline drains it into the spool in batches, so a send
+    /// waits only while the spool's disk is busy, never on a sink.
+    pub events: mpsc::Sender<Event>,
+    /// Where unusable messages go.
+    pub dead_letters: DeadLetters,
+    /// Becomes true when the pipeline stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A connection to a provider (WebSocket, SSE, streaming HTTP …).
+pub trait Source: Send {
+    /// Runs until shutdown, reconnecting as needed; returns only on shutdown or a fatal error.
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<Result<(), FlowError>>;
+}
+
+/// One spooled event handed to a sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Opaque id, echoed in [`Ack`]s. Ids of one input increase in spool order.
+    pub id: u64,
+    /// The event's payload.
+    pub payload: Bytes,
+    /// When the source received it, epoch ms (for end-to-end latency).
+    pub received_ms: u64,
+}
+
+/// A sink's answer about records it is done with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ack {
+    /// Durably delivered.
+    Delivered(Vec<u64>),
+    /// Could never be delivered; written to the dead-letter file (and counted) instead.
+    DeadLettered(Vec<u64>),
+}
+
+/// Everything a sink is given when it starts.
+pub struct SinkContext {
+    /// The sink's name in the pipeline file.
+    pub name: String,
+    /// Records in spool order (per input). Closed when the pipeline stops.
+    pub records: mpsc::Receiver<Record>,
+    /// Where acknowledgements go. Every record received must eventually be acked (delivered
+    /// or dead-lettered) unless the pipeline stops first; unacked records are delivered again
+    /// after a restart.
+    pub acks: mpsc::UnboundedSender<Ack>,
+    /// Where undeliverable records go.
+    pub dead_letters: DeadLetters,
+    /// Becomes true when the pipeline stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A destination (Kinesis, files, stdout …).
+pub trait Sink: Send {
+    /// Runs until `records` closes or shutdown; returns only then or on a fatal error.
+    fn run(self: Box<Self>, ctx: SinkContext) -> BoxFuture<Result<(), FlowError>>;
+}
+
+/// Appends unusable messages to `<dir>/<component>.ndjson` as one JSON object per line
+/// (`{"ts_ms", "component", "reason", "detail", "payload_base64"}`) and counts them in
+/// `sluice_dead_letters_total{component, reason}`. Cheap to clone.
+#[derive(Clone)]
+pub struct DeadLetters {
+    inner: Arc<DeadLettersInner>,
+}
+
+struct DeadLettersInner {
+    component: String,
+    path: PathBuf,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl DeadLetters {
+    /// Dead letters of `component` under `dir` (the file is created on first use).
+    pub fn new(dir: &Path, component: &str) -> DeadLetters {
+        DeadLetters {
+            inner: Arc::new(DeadLettersInner {
+                component: component.to_owned(),
+                path: dir.join(format!("{component}.ndjson")),
+                file: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The file they go to.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Records one unusable payload with a short machine-friendly `reason` (a metric label,
+    /// e.g. `too_large`, `invalid_json`, `rejected`) and a human `detail`. The line is written
+    /// and fsynced before this returns; a failure to write is logged and counted separately
+    /// (`sluice_dead_letter_write_errors_total`), never panics.
+    pub fn write(&self, reason: &str, detail: &str, payload: &[u8]) {
+        use base64::Engine;
+        metrics::counter!("sluice_dead_letters_total", "component" => self.inner.component.clone(), "reason" => reason.to_owned())
+            .increment(1);
+        tracing::warn!(component = %self.inner.component, reason, detail, bytes = payload.len(), "dead-lettered");
+        let line = serde_json::json!({
+            "ts_ms": now_ms(),
+            "component": self.inner.component,
+            "reason": reason,
+            "detail": detail,
+            "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+        });
+        let result = (|| -> std::io::Result<()> {
+            let mut guard = self.inner.file.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                if let Some(parent) = self.inner.path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                *guard = Some(std::fs::OpenOptions::new().create(true).append(true).open(&self.inner.path)?);
+            }
+            if let Some(f) = guard.as_mut() {
+                let mut buf = line.to_string().into_bytes();
+                buf.push(b'\n');
+                f.write_all(&buf)?;
+                f.sync_data()?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            metrics::counter!("sluice_dead_letter_write_errors_total", "component" => self.inner.component.clone())
+                .increment(1);
+            tracing::error!(component = %self.inner.component, path = %self.inner.path.display(), error = %e, "could not write a dead letter");
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_are_written_as_ndjson() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dl = DeadLetters::new(dir.path(), "feed");
+        dl.write("invalid_json", "expected value at line 1", b"\xff{oops");
+        dl.write("too_large", "2000000 bytes", b"x");
+        let text = std::fs::read_to_string(dl.path()).expect("read");
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["reason"], "invalid_json");
+        assert_eq!(lines[0]["payload_base64"], "/3tvb3Bz");
+        assert_eq!(lines[1]["component"], "feed");
+    }
+}

@@ -1,0 +1,532 @@
+//! Pipeline files: TOML in the style Vector users know.
+//!
+//! ```toml
+//! data_dir = "./sluice-data"
+//! [sources.race]            # any name
+//! type = "websocket"        # the component kind
+//! url = "ws://127.0.0.1:8765/ws"
+//! [sinks.stream]
+//! type = "kinesis"
+//! inputs = ["race"]
+//! stream_name = "race"
+//! ```
+//!
+//! `${VAR}` inside double-quoted strings reads the environment (for tokens; the value is
+//! escaped for TOML, and a missing variable is an error naming its line). Unknown keys and bad
+//! values are errors of the form `FILE:LINE:COL: sources.race.ping_interval: <what is wrong>`.
+//! Each component's own options are checked by the component's config type (see the registry).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration error with its location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Dotted path of the offending field (`sources.race.url`), when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+            if let Some(c) = self.column {
+                write!(f, ":{c}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The top level of a pipeline file. Component tables are kept raw here and checked by the
+/// registry against each component's own type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    api: ApiSection,
+    #[serde(default)]
+    embedded: EmbeddedSection,
+    #[serde(default)]
+    spool: SpoolSection,
+    #[serde(default)]
+    sources: BTreeMap<String, toml::Spanned<toml::Table>>,
+    #[serde(default)]
+    sinks: BTreeMap<String, toml::Spanned<toml::Table>>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./sluice-data")
+}
+
+/// `[api]`: where `sluice run` serves `/metrics` and `/health`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Listen address (port 0 picks a free one).
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection { listen: default_api_listen() }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9598))
+}
+
+/// `[embedded]`: the in-process Kinesis-compatible stream that `kinesis` sinks without an
+/// `endpoint` deliver to, served so that other tools can read it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedSection {
+    /// Listen address.
+    #[serde(default = "default_embedded_listen")]
+    pub listen: SocketAddr,
+    /// `fsync` (default) or `os`.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        EmbeddedSection { listen: default_embedded_listen(), durability: default_durability() }
+    }
+}
+
+fn default_embedded_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4567))
+}
+
+fn default_durability() -> String {
+    "fsync".into()
+}
+
+/// `[spool]`: the on-disk buffer between sources and sinks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    /// Hours a spooled event is kept (delivered or not) before its segment may be trimmed.
+    #[serde(default = "default_spool_hours")]
+    pub retention_hours: u32,
+    /// `fsync` (default: an event is on disk before it counts as received) or `os`.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection { retention_hours: default_spool_hours(), durability: default_durability() }
+    }
+}
+
+fn default_spool_hours() -> u32 {
+    168
+}
+
+/// One component table, with its kind and location.
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    /// Name in the file.
+    pub name: String,
+    /// `type = "..."`.
+    pub kind: String,
+    /// `inputs = [...]` (sinks only).
+    pub inputs: Vec<String>,
+    /// The remaining options, checked by the component.
+    pub options: toml::Table,
+    /// Byte span of the table in the file (for error lines).
+    pub span: std::ops::Range<usize>,
+}
+
+/// A parsed pipeline file (components not yet checked against their types).
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The file it came from.
+    pub file: String,
+    /// The text after `${VAR}` substitution (for locating errors).
+    pub text: String,
+    /// Where spools, cursors, dead letters and the embedded stream live.
+    pub data_dir: PathBuf,
+    /// `[api]`.
+    pub api: ApiSection,
+    /// `[embedded]`.
+    pub embedded: EmbeddedSection,
+    /// `[spool]`.
+    pub spool: SpoolSection,
+    /// Sources in name order.
+    pub sources: Vec<ComponentConfig>,
+    /// Sinks in name order.
+    pub sinks: Vec<ComponentConfig>,
+}
+
+/// Line and column (1-based) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
+    (line, col)
+}
+
+/// Replaces `${VAR}` with the environment's value, escaped for a TOML basic string.
+fn substitute_env(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            let (line, column) = line_col(text, offset + start);
+            return Err(ConfigError {
+                file: file.into(),
+                line: Some(line),
+                column: Some(column),
+                field: None,
+                message: "unterminated ${...}".into(),
+            });
+        };
+        let name = &after[..end];
+        let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let value = valid.then(|| env(name)).flatten().ok_or_else(|| {
+            let (line, column) = line_col(text, offset + start);
+            ConfigError {
+                file: file.into(),
+                line: Some(line),
+                column: Some(column),
+                field: None,
+                message: if valid {
+                    format!("environment variable {name} is not set")
+                } else {
+                    format!("invalid variable reference ${{{name}}}")
+                },
+            }
+        })?;
+        for c in value.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c => out.push(c),
+            }
+        }
+        let consumed = start + 2 + end + 1;
+        offset += consumed;
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unzip();
+    ConfigError { file: file.into(), line, column, field: None, message: e.message().trim().to_owned() }
+}
+
+fn split_component(
+    file: &str,
+    text: &str,
+    section: &str,
+    name: &str,
+    table: toml::Spanned<toml::Table>,
+    is_sink: bool,
+) -> Result<ComponentConfig, ConfigError> {
+    let span = table.span();
+    let mut options = table.into_inner();
+    let err = |field: &str, message: String| {
+        let (line, column) = locate_key(text, &span, field).unwrap_or_else(|| line_col(text, span.start));
+        ConfigError {
+            file: file.into(),
+            line: Some(line),
+            column: Some(column),
+            field: Some(format!("{section}.{name}.{field}")),
+            message,
+        }
+    };
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        || name.is_empty()
+        || name.len() > 64
+    {
+        return Err(err(
+            "",
+            format!("component names may use letters, digits, '_', '-' and '.', up to 64 characters; got {name:?}"),
+        ));
+    }
+    let kind = match options.remove("type") {
+        Some(toml::Value::String(s)) => s,
+        Some(other) => return Err(err("type", format!("expected a string, found {}", other.type_str()))),
+        None => return Err(err("type", "missing field `type`".into())),
+    };
+    let inputs = if is_sink {
+        match options.remove("inputs") {
+            Some(toml::Value::Array(items)) => items
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s),
+                    other => {
+                        Err(err("inputs", format!("expected a list of source names, found a {}", other.type_str())))
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(other) => {
+                return Err(err("inputs", format!("expected a list of source names, found {}", other.type_str())));
+            }
+            None => return Err(err("inputs", "missing field `inputs`".into())),
+        }
+    } else {
+        Vec::new()
+    };
+    Ok(ComponentConfig { name: name.to_owned(), kind, inputs, options, span })
+}
+
+/// Finds `key =` inside a component's span (for error lines).
+pub fn locate_key(text: &str, span: &std::ops::Range<usize>, key: &str) -> Option<(usize, usize)> {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    if leaf.is_empty() {
+        return None;
+    }
+    // A `[section.name]` table's span may cover only its header: search to the next header.
+    let body = text.get(span.start..)?;
+    let mut pos = 0;
+    for (i, line) in body.split_inclusive('\n').enumerate() {
+        if i > 0 && line.trim_start().starts_with('[') && pos >= span.len() {
+            break;
+        }
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if let Some(after) = trimmed.strip_prefix(leaf).or_else(|| trimmed.strip_prefix(&format!("\"{leaf}\"")))
+            && after.trim_start().starts_with('=')
+        {
+            return Some(line_col(text, span.start + pos + indent));
+        }
+        pos += line.len();
+    }
+    None
+}
+
+impl PipelineConfig {
+    /// Reads and parses a pipeline file.
+    pub fn load(path: &Path) -> Result<PipelineConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        PipelineConfig::parse(&file, &text, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses pipeline text; `env` resolves `${VAR}`.
+    pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
+        let text = substitute_env(file, text, env)?;
+        let raw: RawPipeline = toml::from_str(&text).map_err(|e| toml_error(file, &text, &e))?;
+        let mut sources = Vec::new();
+        for (name, table) in raw.sources {
+            sources.push(split_component(file, &text, "sources", &name, table, false)?);
+        }
+        let mut sinks = Vec::new();
+        for (name, table) in raw.sinks {
+            sinks.push(split_component(file, &text, "sinks", &name, table, true)?);
+        }
+        let cfg = PipelineConfig {
+            file: file.to_owned(),
+            text,
+            data_dir: raw.data_dir,
+            api: raw.api,
+            embedded: raw.embedded,
+            spool: raw.spool,
+            sources,
+            sinks,
+        };
+        cfg.check_graph()?;
+        Ok(cfg)
+    }
+
+    /// An error located at a component's field.
+    pub fn error_at(&self, c: &ComponentConfig, section: &str, field: Option<&str>, message: String) -> ConfigError {
+        let (line, column) = field
+            .and_then(|f| locate_key(&self.text, &c.span, f))
+            .unwrap_or_else(|| line_col(&self.text, c.span.start));
+        ConfigError {
+            file: self.file.clone(),
+            line: Some(line),
+            column: Some(column),
+            field: Some(match field {
+                Some(f) if !f.is_empty() => format!("{section}.{}.{f}", c.name),
+                _ => format!("{section}.{}", c.name),
+            }),
+            message,
+        }
+    }
+
+    fn check_graph(&self) -> Result<(), ConfigError> {
+        if self.sources.is_empty() {
+            return Err(ConfigError {
+                file: self.file.clone(),
+                line: None,
+                column: None,
+                field: Some("sources".into()),
+                message: "the pipeline has no [sources.NAME] table".into(),
+            });
+        }
+        if self.sinks.is_empty() {
+            return Err(ConfigError {
+                file: self.file.clone(),
+                line: None,
+                column: None,
+                field: Some("sinks".into()),
+                message: "the pipeline has no [sinks.NAME] table".into(),
+            });
+        }
+        for sink in &self.sinks {
+            if sink.inputs.is_empty() {
+                return Err(self.error_at(sink, "sinks", Some("inputs"), "needs at least one input".into()));
+            }
+            for input in &sink.inputs {
+                if !self.sources.iter().any(|s| &s.name == input) {
+                    let known: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+                    return Err(self.error_at(
+                        sink,
+                        "sinks",
+                        Some("inputs"),
+                        format!("unknown input {input:?}; sources are {known:?}"),
+                    ));
+                }
+            }
+        }
+        for durability in [&self.embedded.durability, &self.spool.durability] {
+            if durability != "fsync" && durability != "os" {
+                return Err(ConfigError {
+                    file: self.file.clone(),
+                    line: None,
+                    column: None,
+                    field: Some("durability".into()),
+                    message: format!("expected \"fsync\" or \"os\", found {durability:?}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deserializes a component's options into its config type, locating any error.
+    pub fn component_options<T: serde::de::DeserializeOwned>(
+        &self,
+        c: &ComponentConfig,
+        section: &str,
+    ) -> Result<T, ConfigError> {
+        let value = toml::Value::Table(c.options.clone());
+        serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            // serde names unknown/missing fields in the message, not the path.
+            let named = extract_backticked(&inner);
+            let field = if path.is_empty() || path == "." { named.clone() } else { Some(path) };
+            let first_line = inner.lines().next().unwrap_or("").trim().to_owned();
+            self.error_at(c, section, field.as_deref(), first_line)
+        })
+    }
+}
+
+fn extract_backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = message[start..].find('`')? + start;
+    Some(message[start..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "TOKEN").then(|| "s3cr\"et".to_owned())
+    }
+
+    const GOOD: &str = r#"
+data_dir = "/tmp/x"
+
+[sources.race]
+type = "websocket"
+url = "ws://127.0.0.1:1/ws"
+headers = { Authorization = "Bearer ${TOKEN}" }
+
+[sinks.out]
+type = "stdout"
+inputs = ["race"]
+"#;
+
+    #[test]
+    fn parses_components_and_env() {
+        let c = PipelineConfig::parse("p.toml", GOOD, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.sources[0].kind, "websocket");
+        assert_eq!(c.sinks[0].inputs, vec!["race".to_owned()]);
+        let headers = c.sources[0].options.get("headers").and_then(|h| h.get("Authorization")).and_then(|v| v.as_str());
+        assert_eq!(headers, Some("Bearer s3cr\"et"));
+    }
+
+    #[test]
+    fn missing_env_names_line() {
+        let e = PipelineConfig::parse("p.toml", GOOD, &|_| None).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("p.toml:7:37: environment variable TOKEN is not set"));
+    }
+
+    #[test]
+    fn unknown_top_level_key_and_bad_input() {
+        let e =
+            PipelineConfig::parse("p.toml", "data_dri = 1\n", &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("p.toml:1:1: unknown field `data_dri`"), "{e}");
+        let text = GOOD.replace("inputs = [\"race\"]", "inputs = [\"rcae\"]");
+        let e = PipelineConfig::parse("p.toml", &text, &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("p.toml:11:1: sinks.out.inputs: unknown input \"rcae\""), "{e}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Ws {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default)]
+        max_message_bytes: Option<u64>,
+    }
+
+    #[test]
+    fn component_errors_name_field_and_line() {
+        let text = GOOD.replace("url = ", "max_message_bytes = \"big\"\nurl = ");
+        let c = PipelineConfig::parse("p.toml", &text, &env).unwrap_or_else(|e| panic!("{e}"));
+        let e = c.component_options::<Ws>(&c.sources[0], "sources").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("p.toml:6:1: sources.race.max_message_bytes: invalid type: string \"big\""), "{e}");
+        let text = GOOD.replace("url = ", "urll = \"x\"\nurl = ");
+        let c = PipelineConfig::parse("p.toml", &text, &env).unwrap_or_else(|e| panic!("{e}"));
+        let e = c.component_options::<Ws>(&c.sources[0], "sources").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("p.toml:6:1: sources.race.urll: unknown field `urll`"), "{e}");
+    }
+}

@@ -1,0 +1,238 @@
+//! The spool: every source's events on disk, in arrival order, before any sink sees them.
+//!
+//! It is the storage engine of the embedded stream used as a local log: one single-shard
+//! stream per source under `data_dir/spool`, appended with group commit (fsync by default),
+//! each record carrying the event's payload and, in the key field, the source cursor after it.
+//! So a source resumes from the cursor of the last spooled event, a slow or failing sink never
+//! holds up the provider's connection, and each sink reads at its own pace from its own
+//! watermark (kept in `data_dir/state/<sink>.json`, advanced only over acknowledged records).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use sluice_flow::Event;
+use sluice_storage::{
+    AppendRecord, Durability, ShardMeta, StorageError, Store, StoreConfig, StoredRecord, StreamMeta, StreamMode,
+    StreamStatus,
+};
+
+/// All spools of one pipeline.
+#[derive(Clone)]
+pub struct Spool {
+    store: Store,
+}
+
+/// The tag every spool stream uses (spool streams are never re-created under the same name).
+const TAG: u32 = 1;
+
+impl Spool {
+    /// Opens (or creates) the spools under `dir`, one stream per source name.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        retention_hours: u32,
+        sources: &[String],
+    ) -> Result<Spool, StorageError> {
+        let mut cfg = StoreConfig::new(dir.to_path_buf());
+        cfg.durability = durability;
+        let store = Store::open(cfg)?;
+        let now = sluice_flow::now_ms();
+        store.mutate_catalog(|cat| {
+            for name in sources {
+                let entry = cat.streams.entry(name.clone()).or_insert_with(|| StreamMeta {
+                    name: name.clone(),
+                    tag: TAG,
+                    created_ms: now,
+                    status: StreamStatus::Active,
+                    status_until_ms: 0,
+                    retention_hours,
+                    mode: StreamMode::Provisioned,
+                    shards: vec![ShardMeta {
+                        index: 0,
+                        parent: None,
+                        adjacent_parent: None,
+                        range: sluice_core::HashKeyRange::FULL,
+                        created_ms: now,
+                        closed_ms: None,
+                    }],
+                    next_shard_index: 1,
+                    tags: Default::default(),
+                    consumers: Vec::new(),
+                    encryption_key: None,
+                    shard_level_metrics: Vec::new(),
+                    max_record_size_kib: 65536,
+                    scaling_history_ms: Vec::new(),
+                });
+                entry.retention_hours = retention_hours;
+            }
+            Ok::<(), StorageError>(())
+        })?;
+        Ok(Spool { store })
+    }
+
+    /// Appends events in order; returns the ordinal of the last one. Durable on return.
+    pub async fn append(&self, source: &str, events: Vec<Event>) -> Result<u64, StorageError> {
+        let records = events
+            .into_iter()
+            .map(|e| AppendRecord { shard: 0, partition_key: e.cursor.unwrap_or_default(), data: e.payload.to_vec() })
+            .collect();
+        let done = self.store.append(source, TAG, records).await?;
+        Ok(done.last().map_or(0, |a| a.ordinal))
+    }
+
+    /// Up to `max` records from `from` (an ordinal; 1 is the first ever).
+    pub fn read(&self, source: &str, from: u64, max: usize) -> Result<(Vec<StoredRecord>, u64), StorageError> {
+        let batch = self.store.read(source, TAG, 0, from, max, 4 * 1024 * 1024)?;
+        Ok((batch.records, batch.next_ordinal))
+    }
+
+    /// One past the last spooled ordinal.
+    pub fn next_ordinal(&self, source: &str) -> Result<u64, StorageError> {
+        Ok(self.store.shard_position(source, TAG, 0)?.next_ordinal)
+    }
+
+    /// The cursor stored with the newest spooled event, if any.
+    pub fn last_cursor(&self, source: &str) -> Result<Option<String>, StorageError> {
+        let pos = self.store.shard_position(source, TAG, 0)?;
+        if pos.next_ordinal <= pos.first_ordinal {
+            return Ok(None);
+        }
+        let (records, _) = self.read(source, pos.next_ordinal - 1, 1)?;
+        Ok(records.into_iter().next().map(|r| r.partition_key).filter(|c| !c.is_empty()))
+    }
+
+    /// Wakes when new events are spooled.
+    pub fn watch(&self, source: &str) -> Result<tokio::sync::watch::Receiver<u64>, StorageError> {
+        self.store.watch(source, TAG, 0)
+    }
+
+    /// Stops the store's writer after pending appends.
+    pub fn shutdown(&self) {
+        self.store.shutdown();
+    }
+}
+
+/// A sink's durable read positions: per input, every ordinal ≤ the watermark is done
+/// (delivered or dead-lettered). `dispatched` is the highest ordinal ever handed to the sink,
+/// so that a restart can count what may be delivered twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SinkState {
+    /// Input source → watermark ordinal.
+    pub watermarks: BTreeMap<String, u64>,
+    /// Input source → highest dispatched ordinal.
+    #[serde(default)]
+    pub dispatched: BTreeMap<String, u64>,
+}
+
+impl SinkState {
+    fn path(dir: &Path, sink: &str) -> PathBuf {
+        dir.join(format!("{sink}.json"))
+    }
+
+    /// Loads a sink's state (empty if none yet).
+    pub fn load(dir: &Path, sink: &str) -> std::io::Result<SinkState> {
+        match std::fs::read(Self::path(dir, sink)) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(SinkState::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Saves atomically: temporary file, fsync, rename, fsync of the directory.
+    pub fn save(&self, dir: &Path, sink: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(dir)?;
+        let path = Self::path(dir, sink);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// Turns out-of-order acknowledgements into a contiguous watermark.
+#[derive(Debug, Default)]
+pub struct Watermark {
+    /// Everything ≤ this is done.
+    pub done: u64,
+    pending: BTreeSet<u64>,
+}
+
+impl Watermark {
+    /// Starts at `done`.
+    pub fn new(done: u64) -> Watermark {
+        Watermark { done, pending: BTreeSet::new() }
+    }
+
+    /// Marks one ordinal done; returns true if the watermark moved.
+    pub fn ack(&mut self, ordinal: u64) -> bool {
+        if ordinal <= self.done {
+            return false;
+        }
+        self.pending.insert(ordinal);
+        let before = self.done;
+        while self.pending.remove(&(self.done + 1)) {
+            self.done += 1;
+        }
+        self.done != before
+    }
+
+    /// Acknowledged but not yet contiguous.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_only_moves_over_contiguous_acks() {
+        let mut w = Watermark::new(10);
+        assert!(!w.ack(12));
+        assert!(!w.ack(9));
+        assert_eq!(w.done, 10);
+        assert!(w.ack(11));
+        assert_eq!(w.done, 12);
+        assert_eq!(w.pending(), 0);
+    }
+
+    #[test]
+    fn spool_round_trip_and_cursor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let spool = Spool::open(dir.path(), Durability::Fsync, 24, &["feed".to_owned()]).expect("open");
+        let events = (1..=3)
+            .map(|i| Event {
+                payload: bytes::Bytes::from(format!("e{i}")),
+                cursor: Some(i.to_string()),
+                received_ms: 0,
+            })
+            .collect();
+        assert_eq!(rt.block_on(spool.append("feed", events)).expect("append"), 3);
+        assert_eq!(spool.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
+        let (records, next) = spool.read("feed", 2, 10).expect("read");
+        assert_eq!(records.iter().map(|r| r.data.clone()).collect::<Vec<_>>(), vec![b"e2".to_vec(), b"e3".to_vec()]);
+        assert_eq!(next, 4);
+        spool.shutdown();
+        drop(spool);
+        let again = Spool::open(dir.path(), Durability::Fsync, 24, &["feed".to_owned()]).expect("reopen");
+        assert_eq!(again.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
+        assert_eq!(again.next_ordinal("feed").expect("next"), 4);
+    }
+
+    #[test]
+    fn sink_state_persists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = SinkState::default();
+        s.watermarks.insert("feed".into(), 42);
+        s.save(dir.path(), "out").expect("save");
+        assert_eq!(SinkState::load(dir.path(), "out").expect("load"), s);
+        assert_eq!(SinkState::load(dir.path(), "other").expect("load"), SinkState::default());
+    }
+}
