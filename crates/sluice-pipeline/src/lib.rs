@@ -1,3 +1,193 @@
+//! Runs pipeline files (`sluice run`, `sluice validate`).
+//!
+//! A file is parsed and checked ([`config`]), each component is built by its own crate through
+//! the [`registry`], and the [`runtime`] wires sources → [`spool`] → sinks. When a `kinesis`
+//! sink names no `endpoint`, the embedded Kinesis-compatible stream is started in the same
+//! process (on `[embedded] listen`, 127.0.0.1:4567 by default) so that other tools can read it.
+//! `/metrics` and `/health` are served on `[api] listen`.
+
 pub mod config;
+pub mod registry;
 pub mod runtime;
 pub mod spool;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use sluice_storage::Durability;
+
+pub use config::{ConfigError, PipelineConfig};
+
+/// Why a pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The file is wrong.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The data directory could not be used.
+    #[error("data directory: {0}")]
+    Storage(#[from] sluice_storage::StorageError),
+    /// A listener could not be bound.
+    #[error("{what} on {addr}: {source}")]
+    Listen {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn durability(s: &str) -> Durability {
+    if s == "os" { Durability::Os } else { Durability::Fsync }
+}
+
+/// Checks a file completely (syntax, graph, every component's options) without running it.
+pub fn validate(cfg: &PipelineConfig) -> Result<(), ConfigError> {
+    for c in &cfg.sources {
+        registry::build_source(cfg, c)?;
+    }
+    let probe = tempdir_like(&cfg.data_dir);
+    for c in &cfg.sinks {
+        registry::build_sink(cfg, c, &probe, Some("http://127.0.0.1:4567"))?;
+    }
+    Ok(())
+}
+
+fn tempdir_like(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join(".validate")
+}
+
+/// A running pipeline with its servers.
+pub struct Pipeline {
+    running: runtime::Running,
+    embedded: Option<(sluice_kinesis_api::Server, sluice_storage::Store)>,
+    ops_addr: SocketAddr,
+    ops_stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Pipeline {
+    /// Starts everything a file describes.
+    pub async fn start(cfg: PipelineConfig, metrics: Option<PrometheusHandle>) -> Result<Pipeline, PipelineError> {
+        let data_dir = cfg.data_dir.clone();
+        let embedded = if cfg.sinks.iter().any(registry::wants_embedded) {
+            let mut store_cfg = sluice_storage::StoreConfig::new(data_dir.join("stream"));
+            store_cfg.durability = durability(&cfg.embedded.durability);
+            let store = sluice_storage::Store::open(store_cfg)?;
+            let server = sluice_kinesis_api::Server::start(
+                store.clone(),
+                Default::default(),
+                cfg.embedded.listen,
+                metrics.clone(),
+            )
+            .await
+            .map_err(|source| PipelineError::Listen {
+                what: "embedded stream",
+                addr: cfg.embedded.listen,
+                source,
+            })?;
+            Some((server, store))
+        } else {
+            None
+        };
+        let embedded_url = embedded.as_ref().map(|(s, _)| format!("http://{}", s.local_addr));
+        let mut sources = Vec::new();
+        for c in &cfg.sources {
+            sources.push((c.name.clone(), registry::build_source(&cfg, c)?));
+        }
+        let mut sinks = Vec::new();
+        for c in &cfg.sinks {
+            let sink = registry::build_sink(&cfg, c, &data_dir, embedded_url.as_deref())?;
+            sinks.push(runtime::SinkSpec { name: c.name.clone(), inputs: c.inputs.clone(), sink });
+        }
+        let opts = runtime::RuntimeOptions {
+            data_dir: data_dir.clone(),
+            spool_durability: durability(&cfg.spool.durability),
+            spool_retention_hours: cfg.spool.retention_hours,
+        };
+        let running = runtime::start(&opts, sources, sinks)?;
+        let (ops_stop, ops_rx) = tokio::sync::watch::channel(false);
+        let ops_addr = serve_ops(cfg.api.listen, running.status.clone(), metrics, ops_rx).await?;
+        Ok(Pipeline { running, embedded, ops_addr, ops_stop })
+    }
+
+    /// Where `/metrics` and `/health` are served.
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    /// The embedded stream's address, when it runs.
+    pub fn embedded_addr(&self) -> Option<SocketAddr> {
+        self.embedded.as_ref().map(|(s, _)| s.local_addr)
+    }
+
+    /// Live counters.
+    pub fn status(&self) -> runtime::Status {
+        self.running.status()
+    }
+
+    /// Stops sources, drains to the spool, stops sinks, saves watermarks, stops the servers.
+    pub async fn shutdown(self) {
+        self.running.shutdown().await;
+        let _ = self.ops_stop.send(true);
+        if let Some((server, store)) = self.embedded {
+            let _ = server.shutdown().await;
+            let _ = tokio::task::spawn_blocking(move || store.shutdown()).await;
+        }
+    }
+}
+
+async fn serve_ops(
+    listen: SocketAddr,
+    status: runtime::SharedStatus,
+    metrics: Option<PrometheusHandle>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<SocketAddr, PipelineError> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| PipelineError::Listen {
+        what: "metrics and health",
+        addr: listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| PipelineError::Listen {
+        what: "metrics and health",
+        addr: listen,
+        source,
+    })?;
+    let app = Router::new()
+        .route(
+            "/health",
+            get(|State(s): State<runtime::SharedStatus>| async move {
+                let snapshot = s.lock().map(|g| g.clone()).unwrap_or_default();
+                let body = serde_json::json!({"status": "ok", "pipeline": snapshot}).to_string();
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    match m {
+                        Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render())
+                            .into_response(),
+                        None => (axum::http::StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
+                    }
+                }
+            }),
+        )
+        .with_state(status);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    Ok(addr)
+}
