@@ -1,7 +1,8 @@
 //! The `sluice` command: wires the crates together and parses the command line.
 //!
-//! `sluice serve` runs the embedded Kinesis-compatible stream; `sluice bench` drives load at
-//! any Kinesis-compatible endpoint.
+//! `sluice run` runs a pipeline file (feeds → spool → sinks), `sluice validate` checks one,
+//! `sluice serve` runs the embedded Kinesis-compatible stream on its own, and `sluice bench`
+//! drives load at any Kinesis-compatible endpoint.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,10 +42,26 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a pipeline file: keep the sources' connections alive, spool, deliver to the sinks.
+    Run(RunArgs),
+    /// Check a pipeline file (syntax, inputs, every component's options) without running it.
+    Validate {
+        /// The pipeline file.
+        file: PathBuf,
+    },
     /// Serve the embedded, durable, Kinesis-compatible stream.
     Serve(ServeArgs),
     /// Drive PutRecords/GetRecords load at a Kinesis-compatible endpoint and print a table.
     Bench(sluice_bench::BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The pipeline file (TOML).
+    file: PathBuf,
+    /// Seconds between status lines on stderr (0: none).
+    #[arg(long, default_value_t = 10)]
+    status_secs: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -114,6 +131,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Run(args) => runtime.block_on(run(args)),
+        Command::Validate { file } => validate(&file),
         Command::Bench(args) => runtime.block_on(async {
             sluice_bench::run_and_print(args).await?;
             Ok(())
@@ -186,6 +205,54 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     server.shutdown().await.context("stopping the server")?;
     tokio::task::spawn_blocking(move || store.shutdown()).await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = sluice_pipeline::PipelineConfig::load(file)?;
+    sluice_pipeline::validate(&cfg)?;
+    println!(
+        "{}: ok ({} source{}, {} sink{})",
+        file.display(),
+        cfg.sources.len(),
+        if cfg.sources.len() == 1 { "" } else { "s" },
+        cfg.sinks.len(),
+        if cfg.sinks.len() == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = sluice_pipeline::PipelineConfig::load(&args.file)?;
+    let metrics = sluice_kinesis_api::install_metrics();
+    let pipeline = sluice_pipeline::Pipeline::start(cfg, metrics).await?;
+    // Scripts and tests read these lines to learn the bound ports.
+    println!("sluice: metrics on http://{}", pipeline.ops_addr());
+    if let Some(addr) = pipeline.embedded_addr() {
+        println!("sluice: embedded stream on http://{addr}");
+    }
+    std::io::stdout().flush().ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(args.status_secs.max(1)));
+    tick.tick().await;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick(), if args.status_secs > 0 => {
+                let s = pipeline.status();
+                for (name, src) in &s.sources {
+                    tracing::info!(source = %name, spooled = src.spooled, cursor = src.cursor.as_deref().unwrap_or("-"), "status");
+                }
+                for (name, sink) in &s.sinks {
+                    tracing::info!(sink = %name, delivered = sink.delivered, dead_lettered = sink.dead_lettered, watermarks = ?sink.watermarks, "status");
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    pipeline.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
