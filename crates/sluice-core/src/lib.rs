@@ -7,6 +7,7 @@
 pub mod eventstream;
 pub mod hash;
 pub mod iterator;
+pub mod kpl;
 pub mod seq;
 pub mod shard;
 

@@ -27,7 +27,7 @@ pub use config::{ConfigError, PipelineConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
     /// The file is wrong.
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// The data directory could not be used.
     #[error("data directory: {0}")]

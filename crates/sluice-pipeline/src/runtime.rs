@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use sluice_storage::{Durability, StorageError};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::spool::{SinkState, Spool, Watermark};
+use crate::spool::{DispatchMark, SinkState, Spool, Watermark};
 
 /// Bits of a record id that hold the spool ordinal; the bits above hold the input index.
 const ORDINAL_BITS: u32 = 48;
@@ -148,18 +147,20 @@ pub fn start(
         let mut sink_status = SinkStatus::default();
         for (i, input) in spec.inputs.iter().enumerate() {
             let done = state.watermarks.get(input).copied().unwrap_or(0);
-            let dispatched = state.dispatched.get(input).copied().unwrap_or(done);
-            sink_status.redelivered += dispatched.saturating_sub(done);
+            let mark = DispatchMark::load(&state_dir, &spec.name, input);
+            // Everything up to the reservation may have been handed out before the stop, but
+            // nothing past what the spool holds.
+            let tip = spool.next_ordinal(input)?.saturating_sub(1);
+            sink_status.redelivered += mark.reserved.min(tip).saturating_sub(done);
             sink_status.watermarks.insert(input.clone(), done);
-            let handed_out = Arc::new(AtomicU64::new(done));
-            marks.push(Mark { input: input.clone(), watermark: Watermark::new(done), dispatched: handed_out.clone() });
+            marks.push(Mark { input: input.clone(), watermark: Watermark::new(done) });
             tasks.push(tokio::spawn(feeder(
                 spool.clone(),
                 input.clone(),
                 i as u64,
                 done + 1,
                 rec_tx.clone(),
-                handed_out,
+                mark,
                 shutdown_rx.clone(),
             )));
         }
@@ -227,11 +228,10 @@ async fn spool_writer(spool: Spool, source: String, mut rx: mpsc::Receiver<Event
     }
 }
 
-/// One input of one sink: its watermark and the highest ordinal handed to the sink.
+/// One input of one sink and its watermark.
 struct Mark {
     input: String,
     watermark: Watermark,
-    dispatched: Arc<AtomicU64>,
 }
 
 async fn feeder(
@@ -240,7 +240,7 @@ async fn feeder(
     index: u64,
     mut next: u64,
     tx: mpsc::Sender<Record>,
-    dispatched: Arc<AtomicU64>,
+    mut dispatched: DispatchMark,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = match spool.watch(&input) {
@@ -272,6 +272,15 @@ async fn feeder(
         }
         for r in records {
             let ordinal = r.ordinal;
+            // Persist the dispatch mark before the record can reach the sink.
+            while let Err(e) = dispatched.cover(ordinal) {
+                counter!("sluice_pipeline_state_errors_total", "input" => input.clone()).increment(1);
+                tracing::error!(input = %input, error = %e, "could not save the dispatch mark; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if *shutdown.borrow() {
+                    return;
+                }
+            }
             let record = Record {
                 id: (index << ORDINAL_BITS) | (ordinal & ORDINAL_MASK),
                 payload: Bytes::from(r.data),
@@ -281,7 +290,6 @@ async fn feeder(
                 sent = tx.send(record) => if sent.is_err() { return },
                 _ = shutdown.changed() => return,
             }
-            dispatched.store(ordinal, Ordering::Relaxed);
         }
         next = after;
     }
@@ -336,7 +344,6 @@ async fn ack_collector(
 fn save(sink: &str, marks: &[Mark], state: &mut SinkState, dir: &Path) {
     for m in marks {
         state.watermarks.insert(m.input.clone(), m.watermark.done);
-        state.dispatched.insert(m.input.clone(), m.dispatched.load(Ordering::Relaxed).max(m.watermark.done));
         gauge!("sluice_pipeline_watermark", "sink" => sink.to_owned(), "input" => m.input.clone())
             .set(m.watermark.done as f64);
     }

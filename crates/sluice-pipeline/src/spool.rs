@@ -113,15 +113,11 @@ impl Spool {
 }
 
 /// A sink's durable read positions: per input, every ordinal ≤ the watermark is done
-/// (delivered or dead-lettered). `dispatched` is the highest ordinal ever handed to the sink,
-/// so that a restart can count what may be delivered twice.
+/// (delivered or dead-lettered).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SinkState {
     /// Input source → watermark ordinal.
     pub watermarks: BTreeMap<String, u64>,
-    /// Input source → highest dispatched ordinal.
-    #[serde(default)]
-    pub dispatched: BTreeMap<String, u64>,
 }
 
 impl SinkState {
@@ -151,6 +147,50 @@ impl SinkState {
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()
+    }
+}
+
+/// How far ahead of what it has handed out a feeder reserves, so that it persists its
+/// dispatch mark once per window rather than once per record.
+pub const DISPATCH_WINDOW: u64 = 16_384;
+
+/// The highest spool ordinal a sink's feeder may have handed out for one input, persisted
+/// *before* records beyond it are handed out. After a crash, every record between the
+/// watermark and this mark may reach the sink a second time, so it bounds (from above) what
+/// is counted as redelivered.
+pub struct DispatchMark {
+    path: PathBuf,
+    /// Records up to this ordinal may have been handed out.
+    pub reserved: u64,
+}
+
+impl DispatchMark {
+    /// Loads the mark of `sink` for `input` (0 when none was saved).
+    pub fn load(dir: &Path, sink: &str, input: &str) -> DispatchMark {
+        let path = dir.join(format!("{sink}.{input}.dispatched"));
+        let reserved = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        DispatchMark { path, reserved }
+    }
+
+    /// Makes sure `ordinal` is covered, saving a new reservation (atomically) if it is not.
+    pub fn cover(&mut self, ordinal: u64) -> std::io::Result<()> {
+        if ordinal <= self.reserved {
+            return Ok(());
+        }
+        let next = ordinal + DISPATCH_WINDOW;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("dispatched.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(next.to_string().as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        self.reserved = next;
+        Ok(())
     }
 }
 
@@ -190,6 +230,17 @@ impl Watermark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dispatch_mark_is_saved_ahead_of_use() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = DispatchMark::load(dir.path(), "out", "feed");
+        assert_eq!(m.reserved, 0);
+        m.cover(5).expect("cover");
+        assert_eq!(m.reserved, 5 + DISPATCH_WINDOW);
+        m.cover(6).expect("cover");
+        assert_eq!(DispatchMark::load(dir.path(), "out", "feed").reserved, 5 + DISPATCH_WINDOW);
+    }
 
     #[test]
     fn watermark_only_moves_over_contiguous_acks() {

@@ -1,0 +1,216 @@
+"""sluice run vs the seed-style Python bridge, side by side against the same embedded stream.
+
+Starts one `sluice serve` (fsync) and, per contestant, a fresh `sluice simulate` provider:
+  1. throughput: the provider emits as fast as the client takes (`--fast --count N`); events/s
+     until N are in the stream (Python bridges stop after --bridge-seconds);
+  2. latency at a steady rate (`--rate`, default 10,000 events/s for --seconds): every record is
+     read back and (ApproximateArrivalTimestamp - the event's own `ts`) gives the added latency.
+Prints a markdown table. Run: .venv/bin/python bench/pipeline_compare.py [--sluice target/release/sluice]
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import boto3
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def start(cmd, pattern, env=None):
+    """Starts a process and waits for a stdout line matching pattern; returns (proc, match)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + 60
+    found = []
+    lines = []
+
+    def reader():
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(pattern, line)
+            if m and not found:
+                found.append(m)
+
+    threading.Thread(target=reader, daemon=True).start()
+    while not found:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{cmd[0]} did not start: {''.join(lines)[-2000:]}")
+        time.sleep(0.02)
+    return proc, found[0]
+
+
+def stop(proc):
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def kinesis(endpoint):
+    return boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="bench", aws_secret_access_key="bench")
+
+
+def read_stream(client, stream):
+    """Every record of every shard: list of (arrival_ms, data)."""
+    out = []
+    shards = client.list_shards(StreamName=stream)["Shards"]
+    for s in shards:
+        it = client.get_shard_iterator(StreamName=stream, ShardId=s["ShardId"],
+                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        while it:
+            page = client.get_records(ShardIterator=it, Limit=10000)
+            for r in page["Records"]:
+                out.append((r["ApproximateArrivalTimestamp"].timestamp() * 1000.0, r["Data"]))
+            if not page["Records"] and page.get("MillisBehindLatest", 0) == 0:
+                break
+            it = page.get("NextShardIterator")
+    return out
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def pipeline_file(path, data_dir, ws_url, endpoint, stream):
+    with open(path, "w") as f:
+        f.write(f"""
+data_dir = "{data_dir}"
+[api]
+listen = "127.0.0.1:0"
+[sources.race]
+type = "websocket"
+url = "{ws_url}"
+[sources.race.resume]
+cursor = "/seq"
+[sinks.stream]
+type = "kinesis"
+inputs = ["race"]
+endpoint = "{endpoint}"
+stream_name = "{stream}"
+partition_key = "/racer"
+shards = 4
+linger = "5ms"
+""")
+
+
+class Contestant:
+    def __init__(self, name, args, endpoint, work):
+        self.name, self.args, self.endpoint, self.work = name, args, endpoint, work
+
+    def run(self, ws_url, stream, count, seconds):
+        """Runs until `count` events are delivered or `seconds` pass; returns (delivered, elapsed, peak_rss)."""
+        kinesis(self.endpoint).create_stream(StreamName=stream, ShardCount=4)
+        t0 = time.monotonic()
+        peak = 0.0
+        if self.name == "sluice":
+            d = tempfile.mkdtemp(dir=self.work)
+            cfg = os.path.join(d, "pipeline.toml")
+            pipeline_file(cfg, os.path.join(d, "data"), ws_url, self.endpoint, stream)
+            proc, m = start([self.args.sluice, "run", cfg, "--status-secs", "0"], r"metrics on (http://\S+)")
+            health = m.group(1) + "/health"
+            delivered = 0
+            try:
+                while time.monotonic() - t0 < seconds and delivered < count:
+                    time.sleep(0.05)
+                    peak = max(peak, rss_mib(proc.pid))
+                    with urllib.request.urlopen(health, timeout=5) as r:
+                        body = json.load(r)
+                    delivered = body["pipeline"]["sinks"]["stream"]["delivered"]
+                elapsed = time.monotonic() - t0
+            finally:
+                stop(proc)
+            return delivered, elapsed, peak
+        mode = "seed" if self.name == "python-seed" else "batched"
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "bridge.py"), mode, "--url", ws_url,
+                                 "--endpoint", self.endpoint, "--stream", stream, "--count", str(count),
+                                 "--seconds", str(seconds)], stdout=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            peak = max(peak, rss_mib(proc.pid))
+            time.sleep(0.1)
+        out = json.loads(proc.stdout.read().strip().splitlines()[-1])
+        return out["put"], out["seconds"], peak
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sluice", default=os.path.join(HERE, "..", "target", "release", "sluice"))
+    p.add_argument("--events", type=int, default=1_000_000, help="fast-provider events for sluice")
+    p.add_argument("--bridge-seconds", type=float, default=15)
+    p.add_argument("--rate", type=int, default=10_000)
+    p.add_argument("--seconds", type=float, default=10)
+    args = p.parse_args()
+    work = tempfile.mkdtemp(prefix="sluice-pipeline-bench.")
+    serve, m = start([args.sluice, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(work, "stream"),
+                      "--durability", "fsync", "--status-secs", "0"], r"listening on (http://\S+)")
+    endpoint = m.group(1)
+    client = kinesis(endpoint)
+    rows = []
+    try:
+        for name in ["sluice", "python-batched", "python-seed"]:
+            c = Contestant(name, args, endpoint, work)
+            # 1. throughput from a fast provider
+            count = args.events if name == "sluice" else args.events
+            limit = 60 if name == "sluice" else args.bridge_seconds
+            sim, sm = start([args.sluice, "simulate", "--listen", "127.0.0.1:0", "--fast", "--count", str(count)],
+                            r"serving on (http://\S+)")
+            ws = sm.group(1).replace("http://", "ws://") + "/ws"
+            try:
+                delivered, elapsed, peak = c.run(ws, f"tp-{name}", count, limit)
+            finally:
+                stop(sim)
+            rate = delivered / elapsed if elapsed > 0 else 0
+            # 2. latency at a steady rate
+            n = int(args.rate * args.seconds)
+            sim, sm = start([args.sluice, "simulate", "--listen", "127.0.0.1:0", "--rate", str(args.rate),
+                             "--count", str(n)], r"serving on (http://\S+)")
+            ws = sm.group(1).replace("http://", "ws://") + "/ws"
+            try:
+                got, _, peak2 = c.run(ws, f"lat-{name}", n, args.seconds + 10)
+            finally:
+                stop(sim)
+            lat = []
+            for arrival, data in read_stream(client, f"lat-{name}"):
+                try:
+                    lat.append(arrival - json.loads(data)["ts"])
+                except (ValueError, KeyError):
+                    pass
+            rows.append((name, rate, delivered, elapsed, percentile(lat, 0.5), percentile(lat, 0.99), len(lat), n, max(peak, peak2)))
+            print(f"# {name}: {rate:,.0f} events/s; latency p50 {percentile(lat, 0.5):.1f} ms p99 {percentile(lat, 0.99):.1f} ms "
+                  f"({len(lat)}/{n} delivered at {args.rate}/s)", file=sys.stderr)
+    finally:
+        stop(serve)
+    base = next((r[1] for r in rows if r[0] == "python-batched"), 0) or float("nan")
+    print("| contestant | events/s (fast provider) | vs batched Python | p50 ms @ %d/s | p99 ms @ %d/s | delivered @ %d/s in %.0fs | peak RSS MiB |"
+          % (args.rate, args.rate, args.rate, args.seconds))
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, rate, delivered, elapsed, p50, p99, got, n, peak in rows:
+        print(f"| {name} | {rate:,.0f} ({delivered:,} in {elapsed:.1f}s) | {rate / base:.1f}x | {p50:.1f} | {p99:.1f} | {got:,}/{n:,} | {peak:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

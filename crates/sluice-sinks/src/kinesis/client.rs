@@ -1,0 +1,222 @@
+//! The Kinesis API as the sink uses it, over aws-sdk-kinesis: make sure the stream exists,
+//! learn its shards, put batches. Every failure is mapped to a [`CallError`] that says how to
+//! react; the SDK's own retries are off, because the dispatcher retries exactly the entries
+//! that failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use sluice_core::HashKeyRange;
+use sluice_core::hash::parse_hash_key;
+
+use super::config::KinesisConfig;
+use super::dispatch::{CallError, Entry, EntryResult};
+use super::shard_map::{ShardInfo, ShardMap};
+
+/// A Kinesis client bound to one stream.
+#[derive(Clone)]
+pub struct StreamClient {
+    client: aws_sdk_kinesis::Client,
+    stream: Arc<str>,
+}
+
+impl StreamClient {
+    /// Builds the SDK client for the configured endpoint.
+    pub async fn connect(config: &KinesisConfig) -> StreamClient {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))
+            .operation_attempt_timeout(config.request_timeout)
+            .operation_timeout(config.request_timeout)
+            .build();
+        let conf = if config.endpoint == "aws" {
+            let region =
+                aws_config::meta::region::RegionProviderChain::first_try(config.region.clone().map(Region::new))
+                    .or_default_provider()
+                    .or_else(Region::from_static("us-east-1"));
+            let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+            aws_sdk_kinesis::config::Builder::from(&shared)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(timeouts)
+                .build()
+        } else {
+            let region = config.region.clone().unwrap_or_else(|| "us-east-1".to_owned());
+            aws_sdk_kinesis::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(region))
+                .credentials_provider(static_credentials())
+                .endpoint_url(&config.endpoint)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(timeouts)
+                .build()
+        };
+        StreamClient {
+            client: aws_sdk_kinesis::Client::from_conf(conf),
+            stream: Arc::from(config.stream_name.as_str()),
+        }
+    }
+
+    /// Creates the stream if `create` and it does not exist, and waits until it is ACTIVE.
+    pub async fn ensure_stream(&self, create: bool, shards: u32) -> Result<(), CallError> {
+        if create {
+            let created =
+                self.client.create_stream().stream_name(self.stream.as_ref()).shard_count(shards as i32).send().await;
+            match created {
+                Ok(_) => tracing::info!(stream = %self.stream, shards, "created the stream"),
+                Err(e) if code_of(&e) == Some("ResourceInUseException") => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let out = self
+                .client
+                .describe_stream_summary()
+                .stream_name(self.stream.as_ref())
+                .send()
+                .await
+                .map_err(classify)?;
+            let status = out.stream_description_summary().map(|s| s.stream_status().clone());
+            if matches!(status, Some(StreamStatus::Active) | Some(StreamStatus::Updating)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(CallError::Transient(format!("stream {} is still {status:?}", self.stream)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// All shards of the stream (ListShards, every page).
+    pub async fn shard_map(&self) -> Result<ShardMap, CallError> {
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = match &token {
+                Some(t) => self.client.list_shards().next_token(t),
+                None => self.client.list_shards().stream_name(self.stream.as_ref()),
+            };
+            let out = req.send().await.map_err(classify)?;
+            for s in out.shards() {
+                let Some(range) = s.hash_key_range() else { continue };
+                let (Ok(start), Ok(end)) =
+                    (parse_hash_key(range.starting_hash_key()), parse_hash_key(range.ending_hash_key()))
+                else {
+                    continue;
+                };
+                let open = s.sequence_number_range().is_none_or(|r| r.ending_sequence_number().is_none());
+                shards.push(ShardInfo { id: Arc::from(s.shard_id()), range: HashKeyRange { start, end }, open });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(ShardMap::new(shards))
+    }
+
+    /// One PutRecords call; per-entry results in request order.
+    pub async fn put_records(&self, entries: &[Entry]) -> Result<Vec<EntryResult>, CallError> {
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            let entry = PutRecordsRequestEntry::builder()
+                .data(Blob::new(e.data.to_vec()))
+                .partition_key(e.partition_key.as_ref())
+                .set_explicit_hash_key(e.explicit_hash_key.clone())
+                .build()
+                .map_err(|err| CallError::Rejected(format!("bad entry: {err}")))?;
+            records.push(entry);
+        }
+        let out = self
+            .client
+            .put_records()
+            .stream_name(self.stream.as_ref())
+            .set_records(Some(records))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out
+            .records()
+            .iter()
+            .map(|r| match (r.error_code(), r.shard_id()) {
+                (None, Some(shard)) => EntryResult::Accepted { shard_id: shard.to_owned() },
+                (None, None) => {
+                    EntryResult::Failed { code: "MissingShardId".into(), message: "no shard id and no error".into() }
+                }
+                (Some(code), _) => {
+                    let message = r.error_message().unwrap_or_default().to_owned();
+                    match ErrorKind::of(code) {
+                        ErrorKind::Throttled => EntryResult::Throttled,
+                        ErrorKind::Rejected => EntryResult::Rejected { code: code.to_owned(), message },
+                        _ => EntryResult::Failed { code: code.to_owned(), message },
+                    }
+                }
+            })
+            .collect())
+    }
+}
+
+/// `AWS_ACCESS_KEY_ID` & co. if set, else fixed dummy keys (the embedded server and most local
+/// emulators check only that a signature is present).
+fn static_credentials() -> Credentials {
+    match std::env::var("AWS_ACCESS_KEY_ID") {
+        Ok(id) if !id.is_empty() => Credentials::new(
+            id,
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+            std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
+            None,
+            "environment",
+        ),
+        _ => Credentials::new("sluice", "sluice", None, None, "sluice-static"),
+    }
+}
+
+enum ErrorKind {
+    Rejected,
+    NotFound,
+    Throttled,
+    Other,
+}
+
+impl ErrorKind {
+    fn of(code: &str) -> ErrorKind {
+        match code {
+            "ValidationException" | "InvalidArgumentException" => ErrorKind::Rejected,
+            "ResourceNotFoundException" => ErrorKind::NotFound,
+            "ProvisionedThroughputExceededException"
+            | "ThrottlingException"
+            | "LimitExceededException"
+            | "KMSThrottlingException"
+            | "RequestLimitExceeded"
+            | "SlowDown" => ErrorKind::Throttled,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
+fn code_of<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(se) => se.err().code(),
+        _ => None,
+    }
+}
+
+fn classify<E, R>(err: SdkError<E, R>) -> CallError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let kind = code_of(&err).map(ErrorKind::of);
+    let text = DisplayErrorContext(&err).to_string();
+    match kind {
+        Some(ErrorKind::Rejected) => CallError::Rejected(text),
+        Some(ErrorKind::NotFound) => CallError::NotFound(text),
+        Some(ErrorKind::Throttled) => CallError::Throttled(text),
+        _ => CallError::Transient(text),
+    }
+}

@@ -1,0 +1,52 @@
+//! The sinks of a sluice pipeline: where spooled records finally go.
+//!
+//! Each sink lives in its own module with a user-facing config struct (one `[sinks.NAME]` table
+//! of the pipeline file, minus the pipeline's own `type` and `inputs` keys) and a `build`
+//! function that checks the config and returns a [`sluice_flow::Sink`]:
+//!
+//! - [`kinesis`]: Amazon Kinesis Data Streams (or the embedded `sluice serve`) through PutRecords,
+//!   with batching, exact partial-failure retries, per-key ordering, per-shard rate limiting,
+//!   optional KPL aggregation and per-record compression.
+//! - [`file`]: rotating NDJSON files, optionally gzip-compressed.
+//! - [`stdout`]: NDJSON lines on standard output.
+//!
+//! Every sink acknowledges a record only once it is durably delivered (accepted by Kinesis,
+//! fsynced to a file, flushed to stdout) or written to the dead-letter file; nothing is
+//! acknowledged early and nothing is dropped silently. This crate does not read the pipeline
+//! file, spool, or talk to sources; [`build`] is the one registry the pipeline calls.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use sluice_flow::{FlowError, Sink};
+
+mod duration;
+pub mod file;
+pub mod kinesis;
+mod line;
+pub mod stdout;
+
+/// The sink types [`build`] knows, as written in `type = "..."`.
+pub const KINDS: &[&str] = &["kinesis", "file", "stdout"];
+
+/// Builds the sink of type `kind` named `name` from its config table (any serde
+/// deserializer, e.g. a `toml::Table` with `type` and `inputs` removed). `data_dir` is the
+/// pipeline's data directory.
+pub fn build<'de, D>(kind: &str, name: &str, config: D, data_dir: &Path) -> Result<Box<dyn Sink>, FlowError>
+where
+    D: serde::Deserializer<'de>,
+{
+    fn parse<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(name: &str, config: D) -> Result<T, FlowError> {
+        T::deserialize(config).map_err(|e| config_error(name, e.to_string()))
+    }
+    match kind {
+        "kinesis" => kinesis::build(name, parse(name, config)?, data_dir),
+        "file" => file::build(name, parse(name, config)?, data_dir),
+        "stdout" => stdout::build(name, parse(name, config)?, data_dir),
+        other => Err(config_error(name, format!("unknown sink type {other:?} (known: {})", KINDS.join(", ")))),
+    }
+}
+
+fn config_error(name: &str, message: impl Into<String>) -> FlowError {
+    FlowError::Config { component: name.to_owned(), message: message.into() }
+}

@@ -1,0 +1,335 @@
+//! Cursors: reading one out of a JSON message (a JSON pointer, RFC 6901) and deciding whether a
+//! message with a given cursor is new, a duplicate, or arrives after a gap.
+//!
+//! Extraction walks the message with serde and skips everything off the pointer's path, so a
+//! message is validated as JSON and its cursor found without building a value tree.
+
+use std::borrow::Cow;
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// A parsed JSON pointer (`""` is the whole document, `/seq`, `/data/0/id`, `/a~1b` …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pointer {
+    tokens: Vec<String>,
+}
+
+impl Pointer {
+    /// Parses RFC 6901 syntax.
+    pub(crate) fn parse(text: &str) -> Result<Pointer, String> {
+        if text.is_empty() {
+            return Ok(Pointer { tokens: Vec::new() });
+        }
+        let Some(rest) = text.strip_prefix('/') else {
+            return Err(format!("a JSON pointer starts with '/' (e.g. \"/seq\"), found {text:?}"));
+        };
+        let mut tokens = Vec::new();
+        for raw in rest.split('/') {
+            let mut token = String::with_capacity(raw.len());
+            let mut chars = raw.chars();
+            while let Some(c) = chars.next() {
+                if c == '~' {
+                    match chars.next() {
+                        Some('0') => token.push('~'),
+                        Some('1') => token.push('/'),
+                        _ => {
+                            return Err(format!(
+                                "invalid escape in JSON pointer {text:?} ('~' must be followed by 0 or 1)"
+                            ));
+                        }
+                    }
+                } else {
+                    token.push(c);
+                }
+            }
+            tokens.push(token);
+        }
+        Ok(Pointer { tokens })
+    }
+
+    /// The cursor found at the pointer: a string as is, a number as its JSON text; `None` when
+    /// the path does not exist or leads to null, a boolean, an object or an array. Errors when
+    /// the payload is not one valid JSON document.
+    pub(crate) fn extract(&self, payload: &[u8]) -> Result<Option<String>, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let found = PathSeed { path: &self.tokens }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(found)
+    }
+}
+
+struct PathSeed<'p> {
+    path: &'p [String],
+}
+
+impl<'de> DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(PathVisitor { path: self.path })
+    }
+}
+
+struct PathVisitor<'p> {
+    path: &'p [String],
+}
+
+impl<'de> Visitor<'de> for PathVisitor<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(self.path.is_empty().then(|| v.to_string()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(self.path.is_empty().then(|| v.to_string()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(self.path.is_empty().then(|| v.to_string()))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.path.is_empty().then(|| v.to_owned()))
+    }
+
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        self.visit_str(v)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(self.path.is_empty().then_some(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        match self.path.split_first() {
+            None => while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {},
+            Some((head, rest)) => {
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if found.is_none() && key == head.as_str() {
+                        found = map.next_value_seed(PathSeed { path: rest })?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        let target = self.path.split_first().and_then(|(head, rest)| Some((head.parse::<usize>().ok()?, rest)));
+        let mut index = 0usize;
+        loop {
+            match target {
+                Some((wanted, rest)) if wanted == index => match seq.next_element_seed(PathSeed { path: rest })? {
+                    Some(value) => found = value,
+                    None => break,
+                },
+                _ => {
+                    if seq.next_element::<IgnoredAny>()?.is_none() {
+                        break;
+                    }
+                }
+            }
+            index += 1;
+        }
+        Ok(found)
+    }
+}
+
+/// What [`CursorOrder::check`] decided about a message's cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Not seen before; forward it.
+    New,
+    /// A new integer cursor that skipped `missing` values after `from`.
+    Gap {
+        /// The last cursor forwarded before this one.
+        from: i128,
+        /// This cursor.
+        to: i128,
+        /// How many cursors are missing in between.
+        missing: u64,
+    },
+    /// At or below the last forwarded integer cursor, or an exact repeat of a recent
+    /// non-integer cursor.
+    Duplicate,
+}
+
+/// How many recent non-integer cursors are remembered for exact-match de-duplication.
+const RECENT_CAPACITY: usize = 4096;
+
+/// The order of forwarded cursors. Integer cursors must increase (and, with `check_gaps`, by
+/// exactly one); other cursors are compared against a bounded set of recent ones.
+#[derive(Debug)]
+pub(crate) struct CursorOrder {
+    last_int: Option<i128>,
+    recent: VecDeque<String>,
+    recent_set: HashSet<String>,
+    check_gaps: bool,
+}
+
+impl CursorOrder {
+    /// Starts after `resume` (the spool's last cursor), if any.
+    pub(crate) fn new(resume: Option<&str>, check_gaps: bool) -> CursorOrder {
+        let mut order = CursorOrder { last_int: None, recent: VecDeque::new(), recent_set: HashSet::new(), check_gaps };
+        if let Some(cursor) = resume {
+            order.record(cursor);
+        }
+        order
+    }
+
+    /// Decides about `cursor` and, unless it is a duplicate, records it as the latest.
+    pub(crate) fn check(&mut self, cursor: &str) -> Verdict {
+        match parse_int(cursor) {
+            Some(value) => match self.last_int {
+                Some(last) if value <= last => Verdict::Duplicate,
+                Some(last) if self.check_gaps && value > last.saturating_add(1) => {
+                    self.last_int = Some(value);
+                    let missing = value.saturating_sub(last).saturating_sub(1);
+                    Verdict::Gap { from: last, to: value, missing: u64::try_from(missing).unwrap_or(u64::MAX) }
+                }
+                _ => {
+                    self.last_int = Some(value);
+                    Verdict::New
+                }
+            },
+            None => {
+                if self.recent_set.contains(cursor) {
+                    Verdict::Duplicate
+                } else {
+                    self.remember(cursor);
+                    Verdict::New
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, cursor: &str) {
+        match parse_int(cursor) {
+            Some(value) => self.last_int = Some(value),
+            None => self.remember(cursor),
+        }
+    }
+
+    fn remember(&mut self, cursor: &str) {
+        if self.recent.len() >= RECENT_CAPACITY
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.recent_set.remove(&old);
+        }
+        self.recent.push_back(cursor.to_owned());
+        self.recent_set.insert(cursor.to_owned());
+    }
+}
+
+/// A cursor's integer value, when it is one (optional sign, ASCII digits, fits in i128).
+pub(crate) fn parse_int(cursor: &str) -> Option<i128> {
+    let digits = cursor.strip_prefix('-').unwrap_or(cursor);
+    if digits.is_empty() || digits.len() > 38 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    cursor.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extract(pointer: &str, doc: &str) -> Result<Option<String>, serde_json::Error> {
+        Pointer::parse(pointer).expect("pointer").extract(doc.as_bytes())
+    }
+
+    #[test]
+    fn pointers_find_scalars_anywhere() {
+        assert_eq!(extract("/seq", r#"{"a":[1,{"b":2}],"seq":42}"#).unwrap(), Some("42".into()));
+        assert_eq!(extract("/seq", r#"{"seq":"abc"}"#).unwrap(), Some("abc".into()));
+        assert_eq!(extract("/data/1/id", r#"{"data":[{"id":1},{"id":-7}]}"#).unwrap(), Some("-7".into()));
+        assert_eq!(extract("/a~1b/~0c", r#"{"a/b":{"~c":"x"}}"#).unwrap(), Some("x".into()));
+        assert_eq!(extract("", "17").unwrap(), Some("17".into()));
+        assert_eq!(extract("/seq", r#"{"seq":1.5}"#).unwrap(), Some("1.5".into()));
+        assert_eq!(extract("/seq", r#"{"seq":"\u00e9"}"#).unwrap(), Some("é".into()));
+    }
+
+    #[test]
+    fn missing_or_non_scalar_cursors_are_none() {
+        assert_eq!(extract("/seq", r#"{"type":"subscribed"}"#).unwrap(), None);
+        assert_eq!(extract("/seq", r#"{"seq":null}"#).unwrap(), None);
+        assert_eq!(extract("/seq", r#"{"seq":{"n":1}}"#).unwrap(), None);
+        assert_eq!(extract("/seq/0", r#"{"seq":[]}"#).unwrap(), None);
+        assert_eq!(extract("/seq", r#"[1,2]"#).unwrap(), None);
+        assert_eq!(extract("/seq", r#""text""#).unwrap(), None);
+    }
+
+    #[test]
+    fn invalid_json_is_an_error() {
+        assert!(extract("/seq", "not json").is_err());
+        assert!(extract("/seq", r#"{"seq":1"#).is_err());
+        assert!(extract("/seq", r#"{"seq":1} trailing"#).is_err());
+        assert!(extract("/seq", r#"{"a":[1,}"#).is_err());
+        assert!(extract("/seq", "").is_err());
+    }
+
+    #[test]
+    fn pointer_syntax_is_checked() {
+        assert!(Pointer::parse("seq").is_err());
+        assert!(Pointer::parse("/a~2").is_err());
+        assert!(Pointer::parse("/a~").is_err());
+    }
+
+    #[test]
+    fn integer_cursors_dedupe_and_report_gaps() {
+        let mut order = CursorOrder::new(Some("10"), true);
+        assert_eq!(order.check("9"), Verdict::Duplicate);
+        assert_eq!(order.check("10"), Verdict::Duplicate);
+        assert_eq!(order.check("11"), Verdict::New);
+        assert_eq!(order.check("15"), Verdict::Gap { from: 11, to: 15, missing: 3 });
+        assert_eq!(order.check("12"), Verdict::Duplicate);
+        assert_eq!(order.check("16"), Verdict::New);
+        let mut quiet = CursorOrder::new(None, false);
+        assert_eq!(quiet.check("1000"), Verdict::New);
+        assert_eq!(quiet.check("2000"), Verdict::New);
+        assert_eq!(quiet.check("1500"), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn other_cursors_dedupe_by_exact_match() {
+        let mut order = CursorOrder::new(Some("a"), true);
+        assert_eq!(order.check("a"), Verdict::Duplicate);
+        assert_eq!(order.check("b"), Verdict::New);
+        assert_eq!(order.check("b"), Verdict::Duplicate);
+        for i in 0..RECENT_CAPACITY {
+            assert_eq!(order.check(&format!("k{i}")), Verdict::New);
+        }
+        // "a" and "b" have been forgotten by now.
+        assert_eq!(order.check("a"), Verdict::New);
+        assert_eq!(order.recent.len(), RECENT_CAPACITY);
+    }
+
+    #[test]
+    fn parse_int_accepts_only_plain_integers() {
+        assert_eq!(parse_int("007"), Some(7));
+        assert_eq!(parse_int("-3"), Some(-3));
+        assert_eq!(parse_int("+3"), None);
+        assert_eq!(parse_int("1e3"), None);
+        assert_eq!(parse_int(""), None);
+        assert_eq!(parse_int("-"), None);
+    }
+}
