@@ -115,6 +115,8 @@ stream_name = "{stream}"
 partition_key = "/racer"
 shards = 4
 linger = "5ms"
+# `sluice serve` here enforces no shard limits, so the sink need not pace itself to them.
+rate_limit = false
 """)
 
 
