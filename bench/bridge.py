@@ -27,12 +27,24 @@ def client(endpoint):
     )
 
 
+async def messages(ws, deadline):
+    """Messages until the deadline, even when the feed goes quiet."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            yield await asyncio.wait_for(ws.recv(), remaining)
+        except (asyncio.TimeoutError, websockets.ConnectionClosed):
+            return
+
+
 async def seed(args):
     kinesis = client(args.endpoint)
     put = 0
     deadline = time.monotonic() + args.seconds
     async with websockets.connect(args.url, max_size=None) as ws:
-        async for msg in ws:
+        async for msg in messages(ws, deadline):
             data = msg.encode() if isinstance(msg, str) else msg
             key = json.loads(data).get("racer", "k")
             kinesis.put_record(StreamName=args.stream, Data=data, PartitionKey=key)
@@ -59,7 +71,7 @@ async def batched(args):
         last = time.monotonic()
 
     async with websockets.connect(args.url, max_size=None) as ws:
-        async for msg in ws:
+        async for msg in messages(ws, deadline):
             data = msg.encode() if isinstance(msg, str) else msg
             batch.append({"Data": data, "PartitionKey": json.loads(data).get("racer", "k")})
             if len(batch) >= 500 or time.monotonic() - last > 0.1:
