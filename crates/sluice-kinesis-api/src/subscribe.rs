@@ -23,7 +23,7 @@ use crate::input::{Checker, Fields};
 use crate::obj;
 use crate::ops::consumers::{find_consumer, parse_consumer_arn};
 use crate::ops::records::resolve_position;
-use crate::ops::{child_shards_out, find_shard, shard_id_member};
+use crate::ops::{child_shards_out, find_shard, record_out, shard_id_member};
 use crate::state::{Ctx, Shared};
 use crate::value::{Format, Out};
 
@@ -179,24 +179,8 @@ impl Subscription {
                 ordinal: r.ordinal,
                 arrival_ms: r.arrival_ms,
             });
-            let records: Vec<Out> = batch
-                .records
-                .into_iter()
-                .map(|r| {
-                    let seq = SequenceNumber {
-                        stream_tag: self.tag,
-                        shard: self.shard,
-                        ordinal: r.ordinal,
-                        arrival_ms: r.arrival_ms,
-                    };
-                    obj![
-                        ("SequenceNumber", seq.to_string()),
-                        ("ApproximateArrivalTimestamp", Out::Timestamp(r.arrival_ms)),
-                        ("Data", Out::Bytes(r.data)),
-                        ("PartitionKey", r.partition_key),
-                    ]
-                })
-                .collect();
+            let records: Vec<Out> =
+                batch.records.into_iter().map(|r| record_out(self.tag, self.shard, r, None)).collect();
             self.position = batch.next_ordinal;
             if let Some(seq) = last {
                 self.last = Some(seq);

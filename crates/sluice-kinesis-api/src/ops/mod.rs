@@ -30,6 +30,23 @@ pub fn ending_sequence(meta: &StreamMeta, shard: &ShardMeta) -> Option<SequenceN
     })
 }
 
+/// The `Record` structure of GetRecords and SubscribeToShard events.
+pub fn record_out(
+    stream_tag: u32,
+    shard: u32,
+    r: sluice_storage::StoredRecord,
+    encryption: Option<&'static str>,
+) -> Out {
+    let seq = SequenceNumber { stream_tag, shard, ordinal: r.ordinal, arrival_ms: r.arrival_ms };
+    obj![
+        ("SequenceNumber", seq.to_string()),
+        ("ApproximateArrivalTimestamp", Out::Timestamp(r.arrival_ms)),
+        ("Data", Out::Bytes(r.data)),
+        ("PartitionKey", r.partition_key),
+        ("EncryptionType", encryption),
+    ]
+}
+
 /// Whether a shard is still listed: open, or closed less than the retention period ago.
 pub fn shard_visible(meta: &StreamMeta, shard: &ShardMeta, now_ms: u64) -> bool {
     shard.closed_ms.is_none_or(|t| t + u64::from(meta.retention_hours) * 3_600_000 > now_ms)

@@ -603,25 +603,8 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         out.push(b'}');
         return Ok(Out::RawJson(out));
     }
-    let records: Vec<Out> = batch
-        .records
-        .into_iter()
-        .map(|r| {
-            let seq = SequenceNumber {
-                stream_tag: meta.tag,
-                shard: shard.index,
-                ordinal: r.ordinal,
-                arrival_ms: r.arrival_ms,
-            };
-            obj![
-                ("SequenceNumber", seq.to_string()),
-                ("ApproximateArrivalTimestamp", Out::Timestamp(r.arrival_ms)),
-                ("Data", Out::Bytes(r.data)),
-                ("PartitionKey", r.partition_key),
-                ("EncryptionType", encrypted),
-            ]
-        })
-        .collect();
+    let records: Vec<Out> =
+        batch.records.into_iter().map(|r| super::record_out(meta.tag, shard.index, r, encrypted)).collect();
     Ok(obj![
         ("Records", Out::List(records)),
         ("NextShardIterator", next),

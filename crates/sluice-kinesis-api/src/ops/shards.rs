@@ -193,10 +193,7 @@ fn mark_updating(st: &AppState, meta: &mut StreamMeta, now: u64) {
 fn check_quota(st: &AppState, ctx: &Ctx, cat: &sluice_storage::Catalog, extra: usize) -> Result<(), ApiError> {
     let current = open_shard_total(cat);
     if current + extra > st.config.shard_limit as usize {
-        return Err(ApiError::limit_exceeded(format!(
-            "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {current}. Limit: {}. Number of additional shards that would have resulted from this request: {extra}.",
-            st.config.account_id, ctx.region, st.config.shard_limit
-        )));
+        return Err(crate::ops::streams::shard_limit_error(st, ctx, current, extra));
     }
     Ok(())
 }

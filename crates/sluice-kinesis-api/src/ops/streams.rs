@@ -31,7 +31,8 @@ pub fn open_shard_total(catalog: &Catalog) -> usize {
     catalog.streams.values().map(|s| s.open_shards().count()).sum()
 }
 
-fn shard_limit_error(st: &AppState, ctx: &Ctx, current: usize, extra: usize) -> ApiError {
+/// LimitExceededException for going over the account's shard quota.
+pub fn shard_limit_error(st: &AppState, ctx: &Ctx, current: usize, extra: usize) -> ApiError {
     ApiError::limit_exceeded(format!(
         "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {current}. \
          Limit: {}. Number of additional shards that would have resulted from this request: {extra}.",
