@@ -7,9 +7,6 @@ use sluice_flow::{FlowError, Sink, Source};
 
 use crate::config::{ComponentConfig, ConfigError, PipelineConfig};
 
-/// Source kinds this build knows.
-pub const SOURCE_KINDS: &[&str] = &["websocket", "sse", "http"];
-
 /// Turns a component's build error into a located config error; `track` holds the path of the
 /// field serde was reading when it failed.
 fn locate(
@@ -36,12 +33,12 @@ fn backticked(message: &str) -> Option<String> {
 
 /// Builds a source from its table.
 pub fn build_source(cfg: &PipelineConfig, c: &ComponentConfig) -> Result<Box<dyn Source>, ConfigError> {
-    if !SOURCE_KINDS.contains(&c.kind.as_str()) {
+    if !sluice_sources::KINDS.contains(&c.kind.as_str()) {
         return Err(cfg.error_at(
             c,
             "sources",
             Some("type"),
-            format!("unknown source type {:?}; known: {SOURCE_KINDS:?}", c.kind),
+            format!("unknown source type {:?}; known: {:?}", c.kind, sluice_sources::KINDS),
         ));
     }
     let mut track = serde_path_to_error::Track::new();

@@ -3,7 +3,7 @@
 //!
 //! Every source config is its own struct with `deny_unknown_fields` (serde cannot combine that
 //! with `flatten`), so the shared fields are repeated there and gathered here by
-//! [`Reconnect`] and [`ResumePlan`].
+//! `Reconnect` and `ResumePlan`.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -222,6 +222,16 @@ impl CursorOrder {
         }
     }
 
+    /// The last forwarded integer cursor.
+    pub(crate) fn last_int(&self) -> Option<i128> {
+        self.last_int
+    }
+
+    /// Whether `cursor` (not an integer) is one of the recent ones.
+    pub(crate) fn is_recent(&self, cursor: &str) -> bool {
+        self.recent_set.contains(cursor)
+    }
+
     fn record(&mut self, cursor: &str) {
         match parse_int(cursor) {
             Some(value) => self.last_int = Some(value),

@@ -11,7 +11,7 @@
 //! `build(name, config)` that checks it and returns a [`sluice_flow::Source`]. The three share
 //! one supervisor (`supervisor`): reconnect with backoff and jitter, make-before-break rotation,
 //! cursor extraction, de-duplication and gap detection, dead letters, metrics
-//! ([`metrics`](crate::metrics) lists them).
+//! ([`metrics`] lists them).
 //!
 //! Not here: durability (the spool), batching, and anything about sinks.
 

@@ -97,6 +97,10 @@ async fn a_resume_cursor_from_the_spool_is_honoured() {
     run.expect_nothing(Duration::from_millis(200)).await;
     assert_eq!(server.events("connect")[0]["path"], "/feed?after=50");
     assert_eq!(count(&m, "sluice_source_duplicates_total", "spool", &[]), 3);
+    // The age of the last message is reported every second.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let age = m.gauge("sluice_source_last_message_age_seconds", &[("source", "spool")]);
+    assert!((0.5..30.0).contains(&age), "{age}");
     stop(&mut run).await;
 }
 
@@ -124,7 +128,16 @@ max_connection_age = "1s"
 rotation_overlap = "5s"
 "#;
     let mut run = start("rotate", source("rotate", &feed_config(&server, extra)), None, 256);
-    let events = run.take(800, WITHIN).await;
+    let events = run.collect(800, Duration::from_secs(10)).await;
+    let seqs: Vec<i64> = events.iter().map(seq).collect();
+    let missing: Vec<i64> = (1..=800).filter(|s| !seqs.contains(s)).collect();
+    assert!(
+        events.len() == 800 && missing.is_empty(),
+        "{} events, missing {missing:?}\n{}\nserver: {:?}",
+        events.len(),
+        m.dump("sluice_source"),
+        server.events("connect")
+    );
     assert_sequence(&events, 1, 800);
     run.expect_nothing(Duration::from_millis(300)).await;
     let rotations = count(&m, "sluice_source_reconnects_total", "rotate", &[("cause", "rotation")]);
@@ -497,4 +510,23 @@ resume = {{ cursor = "/seq" }}
     assert!(count(&m, "sluice_source_reconnects_total", "rotate-live", &[("cause", "rotation")]) >= 2);
     assert_eq!(count(&m, "sluice_source_gaps_total", "rotate-live", &[]), 0);
     stop(&mut run).await;
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_times_out() {
+    let (m, _g) = metrics_recorder();
+    // Accepts TCP and reads the upgrade request, but never answers it.
+    let (port, _server) = common::serve(|_, mut stream| async move {
+        let _ = common::read_request(&mut stream).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let config = format!("url = \"ws://127.0.0.1:{port}/\"\nconnect_timeout = \"200ms\"\nbackoff_initial = \"10ms\"");
+    let mut run = start("hang", source("hang", &config), None, 8);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let failed = count(&m, "sluice_source_reconnects_total", "hang", &[("cause", "handshake_failed")]);
+    assert!((2..=5).contains(&failed), "{failed}");
+    // Shutdown does not wait for a pending handshake either.
+    let took = run.stop().await;
+    assert!(took < Duration::from_millis(500), "{took:?}");
 }

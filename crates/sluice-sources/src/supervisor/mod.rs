@@ -6,8 +6,8 @@
 //!
 //! * reconnects forever, with exponential backoff and full jitter, reset after a healthy period;
 //! * rotation: at `max_connection_age` it opens the next connection while the old one keeps
-//!   forwarding (make-before-break), holds the new one's messages back, and switches once the
-//!   old one has caught up with them (or after `rotation_overlap`, or when the old one ends);
+//!   forwarding (make-before-break), holds the new one's messages back, and switches as soon
+//!   as the two streams meet (or after `rotation_overlap`, or when the old one ends);
 //!   see [`processor`] for how the overlap is de-duplicated;
 //! * every message passes through the [`processor::Processor`] (size limit, cursor,
 //!   de-duplication, gaps, rotation overlap) and is then sent into the pipeline's events channel.
@@ -208,15 +208,7 @@ pub(crate) async fn run<T: Transport>(
         return Ok(());
     }
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let processor = Processor::new(
-        &name,
-        SourceMetrics::new(&name),
-        dead_letters,
-        settings.resume.pointer.clone(),
-        settings.resume.check_gaps,
-        settings.max_message_bytes,
-        resume_cursor,
-    );
+    let processor = Processor::new(&name, SourceMetrics::new(&name), dead_letters, &settings, resume_cursor);
     let reconnect = settings.reconnect;
     let mut sup = Supervisor {
         backoff: Backoff::new(reconnect.backoff_initial, reconnect.backoff_max, reconnect.backoff_reset_after),
@@ -256,15 +248,15 @@ pub(crate) async fn run<T: Transport>(
     };
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
-    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
-    let timer = tokio::time::sleep_until(far());
+    let far = Instant::now() + Duration::from_secs(86_400 * 365);
+    let timer = tokio::time::sleep_until(far);
     tokio::pin!(timer);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     let mut out: Vec<Event> = Vec::new();
     let result = 'run: loop {
-        let deadline = sup.next_deadline().unwrap_or_else(far);
+        let deadline = sup.next_deadline().unwrap_or(far);
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
@@ -399,7 +391,7 @@ impl<T: Transport> Supervisor<T> {
                 };
                 if self.processor.accept(id, origin, payload, hint, received_ms, out) {
                     let why = if origin == Origin::Standby {
-                        "the new connection held too much"
+                        "the new connection reached what was already forwarded (or holds too much)"
                     } else {
                         "the old connection caught up with the new one"
                     };

@@ -5,15 +5,15 @@
 //! # Rotation
 //!
 //! While a rotation's new connection is up next to the old one, the old one keeps forwarding
-//! and the new one's messages are held back. The switch happens when the old connection
-//! catches up with the new one, i.e. delivers a message the new one already holds (an integer
-//! cursor at or past the first held one, an equal cursor, or, without a cursor, an equal
-//! payload), so whatever the old connection still had in flight is forwarded first. (It also
-//! happens when the old connection ends, when `rotation_overlap` elapses, or when too much is
-//! held.) The held messages are then released through de-duplication: by cursor, or, for
-//! messages without one, against the payloads the old connection forwarded since the new one
-//! came up. For a while after the switch the old connection's last messages are checked the
-//! same way against what the new one forwarded.
+//! and the new one's messages are held back. The switch comes as soon as the two streams meet:
+//! the new connection delivers something the old one already forwarded (it is at or behind the
+//! old one), or the old connection delivers something the new one holds (it has caught up with
+//! a new connection that is ahead), so whatever the old connection still has in flight is not
+//! lost. (The switch also comes when the old connection ends, when `rotation_overlap` elapses,
+//! or when too much is held.) From the switch on, each message forwarded from one connection
+//! cancels one copy from the other: by cursor when there is one, otherwise by payload (a
+//! hash), compared against the old connection's recent messages and the new one's since the
+//! switch. `rotation_overlap` after the switch the comparison stops.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -23,15 +23,16 @@ use std::time::Instant;
 use bytes::Bytes;
 use sluice_flow::{DeadLetters, Event};
 
-use super::ConnId;
+use super::{ConnId, Settings};
 use crate::cursor::{CursorOrder, Pointer, Verdict, parse_int};
 use crate::metrics::SourceMetrics;
 
 /// At most this many messages (or bytes) of the new connection are held during an overlap.
 const HELD_MESSAGES: usize = 100_000;
 const HELD_BYTES: usize = 64 * 1024 * 1024;
-/// At most this many payload hashes are remembered per side of an overlap.
-const SEEN_CAPACITY: usize = 100_000;
+/// How many recent payload hashes of cursor-less messages are kept per connection (only when
+/// rotation is configured).
+const RECENT_PAYLOADS: usize = 16_384;
 /// A warning is logged after this many duplicates in a row (and every multiple of it).
 const DUPLICATE_RUN_WARNING: u64 = 1000;
 
@@ -71,20 +72,64 @@ struct Held {
     key: Key,
 }
 
+/// The last payload hashes of one connection, with counts (a payload may repeat).
+#[derive(Default)]
+struct RecentPayloads {
+    order: VecDeque<u64>,
+    counts: HashMap<u64, u32>,
+}
+
+impl RecentPayloads {
+    fn record(&mut self, hash: u64) {
+        if self.order.len() >= RECENT_PAYLOADS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.forget(old);
+        }
+        self.order.push_back(hash);
+        *self.counts.entry(hash).or_insert(0) += 1;
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        self.counts.contains_key(&hash)
+    }
+
+    /// Takes one occurrence out (it cancels a copy seen on the other connection).
+    fn take(&mut self, hash: u64) -> bool {
+        if self.contains(hash) {
+            self.forget(hash);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn forget(&mut self, hash: u64) {
+        if let Some(n) = self.counts.get_mut(&hash) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&hash);
+            }
+        }
+    }
+}
+
 struct Overlap {
     new_conn: ConnId,
-    switched: bool,
     held: VecDeque<Held>,
     held_bytes: usize,
     held_min_int: Option<i128>,
     held_keys: HashSet<u64>,
-    /// Payload hashes the old connection forwarded (or dead-lettered) since the new one came up.
-    old_seen: HashMap<u64, u32>,
-    /// Payload hashes the new connection forwarded since the switch.
-    new_seen: HashMap<u64, u32>,
+    /// From the switch on: the old connection's recent payloads (new copies cancel them).
+    old_payloads: Option<RecentPayloads>,
 }
 
 impl Overlap {
+    fn switched(&self) -> bool {
+        self.old_payloads.is_some()
+    }
+
+    /// Holds a message of the new connection; true when too much is held.
     fn hold(&mut self, held: Held) -> bool {
         match held.key {
             Key::Int(n) => self.held_min_int = Some(self.held_min_int.map_or(n, |m| m.min(n))),
@@ -97,28 +142,12 @@ impl Overlap {
         self.held.len() >= HELD_MESSAGES || self.held_bytes >= HELD_BYTES
     }
 
-    fn caught_up(&self, key: Key) -> bool {
+    /// Whether the old connection's message `key` is one the new connection already holds.
+    fn holds(&self, key: Key) -> bool {
         match key {
             Key::Int(n) => self.held_min_int.is_some_and(|m| m <= n),
             Key::Cursor(h) | Key::Payload(h) => self.held_keys.contains(&h),
         }
-    }
-}
-
-fn remember(seen: &mut HashMap<u64, u32>, hash: u64) {
-    if seen.len() < SEEN_CAPACITY {
-        *seen.entry(hash).or_insert(0) += 1;
-    }
-}
-
-/// Takes one occurrence of `hash` out of `seen`, if there is one.
-fn take(seen: &mut HashMap<u64, u32>, hash: u64) -> bool {
-    match seen.get_mut(&hash) {
-        Some(n) if *n > 0 => {
-            *n -= 1;
-            true
-        }
-        _ => false,
     }
 }
 
@@ -139,6 +168,8 @@ pub(crate) struct Processor {
     resume_cursor: Option<String>,
     latest_cursor: Option<String>,
     overlap: Option<Overlap>,
+    /// The current connection's recent cursor-less payloads (kept when rotation is on).
+    recent: Option<RecentPayloads>,
     last_forward: Option<Instant>,
     started: Instant,
     /// Duplicates since the last forwarded event.
@@ -150,21 +181,20 @@ impl Processor {
         name: &str,
         metrics: SourceMetrics,
         dead_letters: DeadLetters,
-        pointer: Option<Pointer>,
-        check_gaps: bool,
-        max_message_bytes: usize,
+        settings: &Settings,
         resume_cursor: Option<String>,
     ) -> Processor {
         Processor {
             name: name.to_owned(),
             metrics,
             dead_letters,
-            pointer,
-            order: CursorOrder::new(resume_cursor.as_deref(), check_gaps),
-            max_message_bytes,
+            pointer: settings.resume.pointer.clone(),
+            order: CursorOrder::new(resume_cursor.as_deref(), settings.resume.check_gaps),
+            max_message_bytes: settings.max_message_bytes,
             resume_cursor,
             latest_cursor: None,
             overlap: None,
+            recent: settings.reconnect.max_connection_age.is_some().then(RecentPayloads::default),
             last_forward: None,
             started: Instant::now(),
             duplicate_run: 0,
@@ -194,20 +224,20 @@ impl Processor {
     pub(crate) fn begin_overlap(&mut self, new_conn: ConnId) {
         self.overlap = Some(Overlap {
             new_conn,
-            switched: false,
             held: VecDeque::new(),
             held_bytes: 0,
             held_min_int: None,
             held_keys: HashSet::new(),
-            old_seen: HashMap::new(),
-            new_seen: HashMap::new(),
+            old_payloads: None,
         });
     }
 
     /// The rotation was abandoned (the new connection failed): what it held is dropped, the old
     /// connection delivers it.
     pub(crate) fn abandon_overlap(&mut self) {
-        self.overlap = None;
+        if self.overlap.as_ref().is_some_and(|o| !o.switched()) {
+            self.overlap = None;
+        }
     }
 
     /// The switch to the new connection: releases what it held into `out`.
@@ -215,22 +245,24 @@ impl Processor {
         let Some(overlap) = self.overlap.as_mut() else {
             return;
         };
-        if overlap.switched {
+        if overlap.switched() {
             return;
         }
-        overlap.switched = true;
+        // The old connection's recent payloads now stand against the new one's.
+        overlap.old_payloads = Some(self.recent.take().unwrap_or_default());
+        self.recent = Some(RecentPayloads::default());
         let held = std::mem::take(&mut overlap.held);
         overlap.held_bytes = 0;
         overlap.held_min_int = None;
         overlap.held_keys.clear();
         for h in held {
-            self.after_switch_from_new(h.payload, h.checked, h.received_ms, h.key, out);
+            self.on_new_after_switch(h.payload, h.checked, h.received_ms, h.key, out);
         }
     }
 
-    /// The overlap is over: no more payload comparisons.
+    /// The overlap is over: no more comparisons between the two connections.
     pub(crate) fn finish_overlap(&mut self) {
-        if self.overlap.as_ref().is_some_and(|o| o.switched) {
+        if self.overlap.as_ref().is_some_and(Overlap::switched) {
             self.overlap = None;
         }
     }
@@ -248,38 +280,65 @@ impl Processor {
         out: &mut Vec<Event>,
     ) -> bool {
         let checked = self.check(&payload, hint);
-        let Some(overlap) = self.overlap.as_mut() else {
-            self.deliver(payload, checked, received_ms, out);
-            return false;
-        };
         let key = match &checked {
             Checked::Usable(Some(c)) => match parse_int(c) {
                 Some(n) => Key::Int(n),
                 None => Key::Cursor(hash_of(b'c', c.as_bytes())),
             },
-            _ => Key::Payload(hash_of(b'p', &payload)),
+            // Hashing costs, so only when a rotation may need it.
+            _ if self.recent.is_some() || self.overlap.is_some() => Key::Payload(hash_of(b'p', &payload)),
+            _ => Key::Payload(0),
+        };
+        let Some(overlap) = self.overlap.as_ref() else {
+            self.on_current(payload, checked, received_ms, key, out);
+            return false;
         };
         if conn == overlap.new_conn {
-            if !overlap.switched {
-                return overlap.hold(Held { payload, checked, received_ms, key });
-            }
-            self.after_switch_from_new(payload, checked, received_ms, key, out);
-            return false;
-        }
-        // The old connection.
-        let caught_up = origin == Origin::Primary && !overlap.switched && overlap.caught_up(key);
-        if let Key::Payload(h) = key {
-            if overlap.switched && take(&mut overlap.new_seen, h) {
-                self.duplicate();
+            if overlap.switched() {
+                self.on_new_after_switch(payload, checked, received_ms, key, out);
                 return false;
             }
-            remember(&mut overlap.old_seen, h);
+            // The streams meet when the new connection delivers what was already forwarded.
+            let meets = match (&checked, key) {
+                (_, Key::Int(n)) => self.order.last_int().is_some_and(|last| n <= last),
+                (Checked::Usable(Some(c)), Key::Cursor(_)) => self.order.is_recent(c),
+                (_, Key::Payload(h)) => self.recent.as_ref().is_some_and(|r| r.contains(h)),
+                _ => false,
+            };
+            let too_much = self.overlap.as_mut().is_some_and(|o| o.hold(Held { payload, checked, received_ms, key }));
+            return meets || too_much;
         }
-        self.deliver(payload, checked, received_ms, out);
+        if origin == Origin::Retired && overlap.switched() {
+            // The old connection's last messages: a copy the new one already forwarded cancels.
+            if let Key::Payload(h) = key {
+                if self.recent.as_mut().is_some_and(|r| r.take(h)) {
+                    self.duplicate();
+                    return false;
+                }
+                if let Some(old) = self.overlap.as_mut().and_then(|o| o.old_payloads.as_mut()) {
+                    old.record(h);
+                }
+            }
+            self.deliver(payload, checked, received_ms, out);
+            return false;
+        }
+        // The old connection before the switch: it has caught up when it delivers what the new
+        // one holds.
+        let caught_up = origin == Origin::Primary && overlap.holds(key);
+        self.on_current(payload, checked, received_ms, key, out);
         caught_up
     }
 
-    fn after_switch_from_new(
+    /// A message of the connection being forwarded from (outside any comparison).
+    fn on_current(&mut self, payload: Bytes, checked: Checked, received_ms: u64, key: Key, out: &mut Vec<Event>) {
+        if let (Key::Payload(h), Some(recent)) = (key, self.recent.as_mut()) {
+            recent.record(h);
+        }
+        self.deliver(payload, checked, received_ms, out);
+    }
+
+    /// A message of the new connection once switched to: a copy the old one forwarded cancels.
+    fn on_new_after_switch(
         &mut self,
         payload: Bytes,
         checked: Checked,
@@ -287,14 +346,13 @@ impl Processor {
         key: Key,
         out: &mut Vec<Event>,
     ) {
-        if let (Key::Payload(h), Some(overlap)) = (key, self.overlap.as_mut()) {
-            if take(&mut overlap.old_seen, h) {
-                self.duplicate();
-                return;
-            }
-            remember(&mut overlap.new_seen, h);
+        if let Key::Payload(h) = key
+            && self.overlap.as_mut().and_then(|o| o.old_payloads.as_mut()).is_some_and(|old| old.take(h))
+        {
+            self.duplicate();
+            return;
         }
-        self.deliver(payload, checked, received_ms, out);
+        self.on_current(payload, checked, received_ms, key, out);
     }
 
     /// The size limit and the cursor.
@@ -389,15 +447,23 @@ mod tests {
     fn harness(pointer: Option<&str>, resume: Option<&str>) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let dl = DeadLetters::new(dir.path(), "t");
-        let p = Processor::new(
-            "t",
-            SourceMetrics::new("t"),
-            dl,
-            pointer.map(|p| Pointer::parse(p).expect("pointer")),
-            true,
-            64,
-            resume.map(str::to_owned),
-        );
+        let settings = Settings {
+            reconnect: crate::config::Reconnect {
+                backoff_initial: std::time::Duration::from_millis(1),
+                backoff_max: std::time::Duration::from_millis(1),
+                backoff_reset_after: std::time::Duration::from_millis(1),
+                max_connection_age: Some(std::time::Duration::from_secs(1)),
+                rotation_overlap: std::time::Duration::from_secs(1),
+            },
+            resume: crate::config::ResumePlan {
+                pointer: pointer.map(|p| Pointer::parse(p).expect("pointer")),
+                url: None,
+                initial: None,
+                check_gaps: true,
+            },
+            max_message_bytes: 64,
+        };
+        let p = Processor::new("t", SourceMetrics::new("t"), dl, &settings, resume.map(str::to_owned));
         Harness { p, dir }
     }
 
@@ -507,6 +573,43 @@ mod tests {
         assert_eq!(h.forwarded(1, Origin::Retired, &m(102)), [m(102)]);
         assert!(h.forwarded(2, Origin::Primary, &m(102)).is_empty());
         assert_eq!(h.forwarded(2, Origin::Primary, &m(103)), [m(103)]);
+    }
+
+    #[test]
+    fn rotation_without_cursors_switches_when_a_lagging_new_connection_repeats_the_old_one() {
+        let mut h = harness(None, None);
+        // The old connection forwarded 1..=5 before the new one was seen up.
+        for m in ["1", "2", "3", "4", "5"] {
+            assert_eq!(h.forwarded(1, Origin::Primary, m), [m]);
+        }
+        h.p.begin_overlap(2);
+        // The new connection starts at 3: already forwarded, so the streams meet now.
+        assert_eq!(h.send(2, Origin::Standby, "3"), (vec![], true));
+        assert!(h.switch().is_empty());
+        // The old connection still had 6 in flight; the new one repeats 4..=6, then goes on.
+        assert_eq!(h.forwarded(1, Origin::Retired, "6"), ["6"]);
+        for m in ["4", "5", "6"] {
+            assert!(h.forwarded(2, Origin::Primary, m).is_empty(), "{m}");
+        }
+        assert_eq!(h.forwarded(2, Origin::Primary, "7"), ["7"]);
+        assert!(h.forwarded(1, Origin::Retired, "7").is_empty());
+    }
+
+    #[test]
+    fn rotation_with_cursors_switches_when_a_resuming_new_connection_replays() {
+        let mut h = harness(Some("/seq"), None);
+        let m = |n: i32| format!("{{\"seq\":{n}}}");
+        for n in 1..=10 {
+            h.forwarded(1, Origin::Primary, &m(n));
+        }
+        h.p.begin_overlap(2);
+        // Resumed a little early: the first message is a repeat, so switch at once.
+        assert_eq!(h.send(2, Origin::Standby, &m(8)), (vec![], true));
+        assert!(h.switch().is_empty());
+        assert_eq!(h.forwarded(1, Origin::Retired, &m(11)), [m(11)]);
+        assert!(h.forwarded(2, Origin::Primary, &m(9)).is_empty());
+        assert!(h.forwarded(2, Origin::Primary, &m(11)).is_empty());
+        assert_eq!(h.forwarded(2, Origin::Primary, &m(12)), [m(12)]);
     }
 
     #[test]

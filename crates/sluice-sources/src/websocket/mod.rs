@@ -69,14 +69,14 @@ pub struct WebSocketConfig {
     /// A connection that stayed up this long resets the backoff. Default `"30s"`.
     #[serde(default = "config::default_backoff_reset_after", deserialize_with = "config::duration")]
     pub backoff_reset_after: Duration,
-    /// Rotate connections older than this: the next connection is opened first and the old
-    /// one is closed once it has caught up with the new one (make-before-break, the overlap is
-    /// de-duplicated). At least `"1s"`. Default: no rotation.
+    /// Rotate connections older than this: the next connection is opened first, and the old
+    /// one is closed as soon as the two streams meet (make-before-break; the overlap is
+    /// de-duplicated by cursor, or by payload without one). At least `"1s"`. Default: none.
     #[serde(default, deserialize_with = "config::opt_duration")]
     pub max_connection_age: Option<Duration>,
     /// During a rotation, the longest the old connection stays in use after the new one is up
-    /// (the switch normally comes as soon as the old one catches up). Also how long after the
-    /// switch the old connection's last messages are still compared. Default `"10s"`.
+    /// (the switch normally comes as soon as the two streams meet), and how long after the
+    /// switch the two connections' messages are still compared. Default `"10s"`.
     #[serde(default = "config::default_rotation_overlap", deserialize_with = "config::duration")]
     pub rotation_overlap: Duration,
     /// Cursor extraction and resume: `{ cursor = "/seq", url = "…{cursor}", initial = "0" }`.

@@ -133,6 +133,18 @@ impl Run {
         out
     }
 
+    /// Events until `n` arrived or none came for `quiet` (for diagnostics on failure).
+    pub async fn collect(&mut self, n: usize, quiet: Duration) -> Vec<Event> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match tokio::time::timeout(quiet, self.events.recv()).await {
+                Ok(Some(e)) => out.push(e),
+                _ => break,
+            }
+        }
+        out
+    }
+
     /// Asserts that nothing more arrives for `quiet`.
     pub async fn expect_nothing(&mut self, quiet: Duration) {
         if let Ok(Some(e)) = tokio::time::timeout(quiet, self.events.recv()).await {
