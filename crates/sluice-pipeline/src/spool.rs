@@ -11,10 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use sluice_flow::Event;
-use sluice_storage::{
-    AppendRecord, Durability, ShardMeta, StorageError, Store, StoreConfig, StoredRecord, StreamMeta, StreamMode,
-    StreamStatus,
-};
+use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig, StoredRecord, StreamMeta};
 
 /// All spools of one pipeline.
 #[derive(Clone)]
@@ -39,29 +36,10 @@ impl Spool {
         let now = sluice_flow::now_ms();
         store.mutate_catalog(|cat| {
             for name in sources {
-                let entry = cat.streams.entry(name.clone()).or_insert_with(|| StreamMeta {
-                    name: name.clone(),
-                    tag: TAG,
-                    created_ms: now,
-                    status: StreamStatus::Active,
-                    status_until_ms: 0,
-                    retention_hours,
-                    mode: StreamMode::Provisioned,
-                    shards: vec![ShardMeta {
-                        index: 0,
-                        parent: None,
-                        adjacent_parent: None,
-                        range: sluice_core::HashKeyRange::FULL,
-                        created_ms: now,
-                        closed_ms: None,
-                    }],
-                    next_shard_index: 1,
-                    tags: Default::default(),
-                    consumers: Vec::new(),
-                    encryption_key: None,
-                    shard_level_metrics: Vec::new(),
-                    max_record_size_kib: 65536,
-                    scaling_history_ms: Vec::new(),
+                let entry = cat.streams.entry(name.clone()).or_insert_with(|| {
+                    let mut meta = StreamMeta::new(name.clone(), TAG, now, vec![sluice_core::HashKeyRange::FULL]);
+                    meta.max_record_size_kib = 65536;
+                    meta
                 });
                 entry.retention_hours = retention_hours;
             }

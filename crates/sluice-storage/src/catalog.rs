@@ -140,6 +140,40 @@ pub struct ConsumerMeta {
 }
 
 impl StreamMeta {
+    /// A new ACTIVE, provisioned stream with 24 h retention whose shards `0..n` own `ranges`
+    /// (in order), all created at `now_ms`; callers adjust status, mode, tags and limits.
+    pub fn new(name: String, tag: u32, now_ms: u64, ranges: Vec<HashKeyRange>) -> StreamMeta {
+        let shards: Vec<ShardMeta> = ranges
+            .into_iter()
+            .enumerate()
+            .map(|(i, range)| ShardMeta {
+                index: i as u32,
+                parent: None,
+                adjacent_parent: None,
+                range,
+                created_ms: now_ms,
+                closed_ms: None,
+            })
+            .collect();
+        StreamMeta {
+            name,
+            tag,
+            created_ms: now_ms,
+            status: StreamStatus::Active,
+            status_until_ms: 0,
+            retention_hours: 24,
+            mode: StreamMode::Provisioned,
+            next_shard_index: shards.len() as u32,
+            shards,
+            tags: BTreeMap::new(),
+            consumers: Vec::new(),
+            encryption_key: None,
+            shard_level_metrics: Vec::new(),
+            max_record_size_kib: default_max_record_kib(),
+            scaling_history_ms: Vec::new(),
+        }
+    }
+
     /// Shards that take writes, ordered by index.
     pub fn open_shards(&self) -> impl Iterator<Item = &ShardMeta> {
         self.shards.iter().filter(|s| s.is_open())

@@ -8,32 +8,7 @@ use crate::faults::{self, Fault};
 use crate::*;
 
 fn meta(shards: u32) -> StreamMeta {
-    StreamMeta {
-        name: "s".into(),
-        tag: 1,
-        created_ms: 0,
-        status: StreamStatus::Active,
-        status_until_ms: 0,
-        retention_hours: 24,
-        mode: StreamMode::Provisioned,
-        shards: (0..shards)
-            .map(|index| ShardMeta {
-                index,
-                parent: None,
-                adjacent_parent: None,
-                range: HashKeyRange::FULL,
-                created_ms: 0,
-                closed_ms: None,
-            })
-            .collect(),
-        next_shard_index: shards,
-        tags: Default::default(),
-        consumers: Vec::new(),
-        encryption_key: None,
-        shard_level_metrics: Vec::new(),
-        max_record_size_kib: 1024,
-        scaling_history_ms: Vec::new(),
-    }
+    StreamMeta::new("s".into(), 1, 0, vec![HashKeyRange::FULL; shards as usize])
 }
 
 fn setup(dir: &Path, segment_bytes: u64) -> Store {

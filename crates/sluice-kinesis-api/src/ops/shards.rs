@@ -383,34 +383,7 @@ mod tests {
     use super::*;
 
     fn stream(n: u32) -> StreamMeta {
-        StreamMeta {
-            name: "s".into(),
-            tag: 1,
-            created_ms: 0,
-            status: StreamStatus::Active,
-            status_until_ms: 0,
-            retention_hours: 24,
-            mode: StreamMode::Provisioned,
-            shards: HashKeyRange::uniform(n)
-                .into_iter()
-                .enumerate()
-                .map(|(i, range)| ShardMeta {
-                    index: i as u32,
-                    parent: None,
-                    adjacent_parent: None,
-                    range,
-                    created_ms: 0,
-                    closed_ms: None,
-                })
-                .collect(),
-            next_shard_index: n,
-            tags: Default::default(),
-            consumers: vec![],
-            encryption_key: None,
-            shard_level_metrics: vec![],
-            max_record_size_kib: 1024,
-            scaling_history_ms: vec![],
-        }
+        StreamMeta::new("s".into(), 1, 0, HashKeyRange::uniform(n))
     }
 
     #[test]

@@ -103,34 +103,12 @@ pub fn create_stream(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out,
         if current + shards as usize > st.config.shard_limit as usize {
             return Err(shard_limit_error(st, ctx, current, shards as usize));
         }
-        let meta = StreamMeta {
-            name: name.clone(),
-            tag: rand::random(),
-            created_ms: now,
-            status: StreamStatus::Creating,
-            status_until_ms: now + st.config.transition_ms,
-            retention_hours: 24,
-            mode,
-            shards: HashKeyRange::uniform(shards)
-                .into_iter()
-                .enumerate()
-                .map(|(i, range)| ShardMeta {
-                    index: i as u32,
-                    parent: None,
-                    adjacent_parent: None,
-                    range,
-                    created_ms: now,
-                    closed_ms: None,
-                })
-                .collect(),
-            next_shard_index: shards,
-            tags: tags.unwrap_or_default().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
-            consumers: Vec::new(),
-            encryption_key: None,
-            shard_level_metrics: Vec::new(),
-            max_record_size_kib: max_kib.unwrap_or(1024) as u32,
-            scaling_history_ms: Vec::new(),
-        };
+        let mut meta = StreamMeta::new(name.clone(), rand::random(), now, HashKeyRange::uniform(shards));
+        meta.status = StreamStatus::Creating;
+        meta.status_until_ms = now + st.config.transition_ms;
+        meta.mode = mode;
+        meta.tags = tags.unwrap_or_default().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        meta.max_record_size_kib = max_kib.unwrap_or(1024) as u32;
         cat.streams.insert(name.clone(), meta);
         Ok(())
     })?;

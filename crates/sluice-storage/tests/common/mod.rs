@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use sluice_core::hash::HashKeyRange;
-use sluice_storage::{
-    AppendRecord, Durability, ShardMeta, StorageError, Store, StoreConfig, StreamMeta, StreamMode, StreamStatus,
-};
+use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig, StreamMeta};
 
 pub const STREAM: &str = "s1";
 pub const TAG: u32 = 0xabcd;
@@ -16,32 +14,7 @@ pub fn config(dir: &Path, segment_bytes: u64, durability: Durability) -> StoreCo
 }
 
 pub fn stream_meta(name: &str, tag: u32, shards: u32) -> StreamMeta {
-    StreamMeta {
-        name: name.to_string(),
-        tag,
-        created_ms: 0,
-        status: StreamStatus::Active,
-        status_until_ms: 0,
-        retention_hours: 24,
-        mode: StreamMode::Provisioned,
-        shards: (0..shards)
-            .map(|index| ShardMeta {
-                index,
-                parent: None,
-                adjacent_parent: None,
-                range: HashKeyRange::FULL,
-                created_ms: 0,
-                closed_ms: None,
-            })
-            .collect(),
-        next_shard_index: shards,
-        tags: Default::default(),
-        consumers: Vec::new(),
-        encryption_key: None,
-        shard_level_metrics: Vec::new(),
-        max_record_size_kib: 1024,
-        scaling_history_ms: Vec::new(),
-    }
+    StreamMeta::new(name.to_string(), tag, 0, vec![HashKeyRange::FULL; shards as usize])
 }
 
 pub fn create_stream(store: &Store, name: &str, tag: u32, shards: u32) {
