@@ -1,12 +1,14 @@
 //! Core domain types and codecs of the Kinesis data model, shared by every sluice crate.
 //!
 //! It owns the arithmetic and the wire encodings that must be exactly right — hash keys and
-//! their ranges, shard ids, sequence numbers, shard iterators, event-stream frames — and
+//! their ranges, shard ids, sequence numbers, shard iterators, event-stream frames, KPL
+//! aggregates, JSON pointers into raw messages — and
 //! deliberately does no I/O.
 
 pub mod eventstream;
 pub mod hash;
 pub mod iterator;
+pub mod json_pointer;
 pub mod kpl;
 pub mod seq;
 pub mod shard;

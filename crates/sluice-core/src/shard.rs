@@ -25,20 +25,25 @@ impl ShardId {
 impl ShardId {
     /// Appends `shardId-` and the 12-digit index to `out` (the hot paths' formatter).
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut digits = [b'0'; 12];
+        out.extend_from_slice(&self.text());
+    }
+
+    /// `shardId-` and 12 digits (a u32 never needs more), without the formatting machinery.
+    fn text(&self) -> [u8; 20] {
+        let mut text = *b"shardId-000000000000";
         let mut v = self.0;
-        for slot in digits.iter_mut().rev() {
+        for slot in text[8..].iter_mut().rev() {
             *slot = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend_from_slice(b"shardId-");
-        out.extend_from_slice(&digits);
+        text
     }
 }
 
 impl fmt::Display for ShardId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shardId-{:012}", self.0)
+        let text = self.text();
+        f.pad(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 

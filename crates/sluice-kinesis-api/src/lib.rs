@@ -8,6 +8,7 @@
 pub mod error;
 pub mod input;
 pub mod limits;
+pub mod local;
 pub mod ops;
 pub mod server;
 pub mod sigv4;
@@ -24,6 +25,8 @@ use sluice_storage::Store;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use local::LocalApi;
+pub use ops::records::{PutEntry, PutOutcome};
 pub use state::{ApiConfig, AppState};
 
 /// Installs the global Prometheus recorder; returns its handle for `/metrics`.
@@ -42,6 +45,7 @@ pub struct Server {
     pub local_addr: SocketAddr,
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    state: Arc<AppState>,
 }
 
 impl Server {
@@ -65,7 +69,7 @@ impl Server {
             shutdown: rx.clone(),
         });
         spawn_settler(state.clone(), rx.clone());
-        let app = server::router(state, metrics);
+        let app = server::router(state.clone(), metrics);
         let mut stop = rx;
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
@@ -74,7 +78,12 @@ impl Server {
                 })
                 .await
         });
-        Ok(Server { local_addr, shutdown: tx, task })
+        Ok(Server { local_addr, shutdown: tx, task, state })
+    }
+
+    /// In-process access to the same stream, for a producer in this process.
+    pub fn local(&self) -> LocalApi {
+        LocalApi::new(self.state.clone())
     }
 
     /// Stops accepting, ends subscriptions, and waits for in-flight requests.

@@ -3,10 +3,12 @@
 //! A file is parsed and checked ([`config`]), each component is built by its own crate through
 //! the [`registry`], and the [`runtime`] wires sources → [`spool`] → sinks. When a `kinesis`
 //! sink names no `endpoint`, the embedded Kinesis-compatible stream is started in the same
-//! process (on `[embedded] listen`, 127.0.0.1:4567 by default) so that other tools can read it.
+//! process (on `[embedded] listen`, 127.0.0.1:4567 by default) so that other tools can read it,
+//! and the sink writes to it in-process ([`embedded`]).
 //! `/metrics` and `/health` are served on `[api] listen`.
 
 pub mod config;
+pub mod embedded;
 pub mod registry;
 pub mod runtime;
 pub mod spool;
@@ -55,7 +57,8 @@ pub fn validate(cfg: &PipelineConfig) -> Result<(), ConfigError> {
     }
     let probe = tempdir_like(&cfg.data_dir);
     for c in &cfg.sinks {
-        registry::build_sink(cfg, c, &probe, Some("http://127.0.0.1:4567"))?;
+        let embedded = registry::Embedded { url: "http://127.0.0.1:4567".into(), api: None };
+        registry::build_sink(cfg, c, &probe, Some(&embedded))?;
     }
     Ok(())
 }
@@ -96,14 +99,16 @@ impl Pipeline {
         } else {
             None
         };
-        let embedded_url = embedded.as_ref().map(|(s, _)| format!("http://{}", s.local_addr));
+        let reach = embedded
+            .as_ref()
+            .map(|(s, _)| registry::Embedded { url: format!("http://{}", s.local_addr), api: Some(s.local()) });
         let mut sources = Vec::new();
         for c in &cfg.sources {
             sources.push((c.name.clone(), registry::build_source(&cfg, c)?));
         }
         let mut sinks = Vec::new();
         for c in &cfg.sinks {
-            let sink = registry::build_sink(&cfg, c, &data_dir, embedded_url.as_deref())?;
+            let sink = registry::build_sink(&cfg, c, &data_dir, reach.as_ref())?;
             sinks.push(runtime::SinkSpec { name: c.name.clone(), inputs: c.inputs.clone(), sink });
         }
         let opts = runtime::RuntimeOptions {

@@ -2,10 +2,14 @@
 //! its own folder in that crate and its `KINDS` list; nothing here changes.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sluice_flow::{FlowError, Sink, Source};
+use sluice_kinesis_api::LocalApi;
+use sluice_sinks::kinesis::KinesisBackend;
 
 use crate::config::{ComponentConfig, ConfigError, PipelineConfig};
+use crate::embedded::EmbeddedStream;
 
 /// Turns a component's build error into a located config error; `track` holds the path of the
 /// field serde was reading when it failed.
@@ -52,12 +56,21 @@ pub fn wants_embedded(c: &ComponentConfig) -> bool {
     c.kind == "kinesis" && !c.options.contains_key("endpoint")
 }
 
-/// Builds a sink from its table; `embedded` is the embedded stream's URL when it runs.
+/// The embedded stream as sinks reach it.
+pub struct Embedded {
+    /// Its URL (what logs and `/health` show, and what other tools use).
+    pub url: String,
+    /// In-process access, which a `kinesis` sink writes through (`None`: over HTTP, as when
+    /// only validating a file).
+    pub api: Option<LocalApi>,
+}
+
+/// Builds a sink from its table; `embedded` is the embedded stream when it runs.
 pub fn build_sink(
     cfg: &PipelineConfig,
     c: &ComponentConfig,
     data_dir: &Path,
-    embedded: Option<&str>,
+    embedded: Option<&Embedded>,
 ) -> Result<Box<dyn Sink>, ConfigError> {
     if !sluice_sinks::KINDS.contains(&c.kind.as_str()) {
         return Err(cfg.error_at(
@@ -68,16 +81,20 @@ pub fn build_sink(
         ));
     }
     let mut c = c.clone();
+    let mut env = sluice_sinks::BuildEnv::new(data_dir);
     if wants_embedded(&c)
-        && let Some(url) = embedded
+        && let Some(embedded) = embedded
     {
-        c.options.insert("endpoint".into(), toml::Value::String(url.to_owned()));
+        if let (Some(api), Some(stream)) = (&embedded.api, c.options.get("stream_name").and_then(|v| v.as_str())) {
+            env.kinesis = Some(Arc::new(EmbeddedStream::new(api.clone(), stream)) as Arc<dyn KinesisBackend>);
+        }
+        c.options.insert("endpoint".into(), toml::Value::String(embedded.url.clone()));
         // The embedded stream enforces no shard limits, so pacing to them would only slow
         // delivery; an explicit `rate_limit` still wins.
         c.options.entry("rate_limit").or_insert(toml::Value::Boolean(false));
     }
     let mut track = serde_path_to_error::Track::new();
     let value = toml::Value::Table(c.options.clone());
-    sluice_sinks::build(&c.kind, &c.name, serde_path_to_error::Deserializer::new(value, &mut track), data_dir)
+    sluice_sinks::build(&c.kind, &c.name, serde_path_to_error::Deserializer::new(value, &mut track), &env)
         .map_err(|e| locate(cfg, &c, "sinks", track, e))
 }

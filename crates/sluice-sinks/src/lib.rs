@@ -29,10 +29,26 @@ pub mod stdout;
 /// The sink types [`build`] knows, as written in `type = "..."`.
 pub const KINDS: &[&str] = &["kinesis", "file", "stdout"];
 
+/// What the pipeline lends every sink it builds.
+#[derive(Clone)]
+pub struct BuildEnv<'a> {
+    /// The pipeline's data directory.
+    pub data_dir: &'a Path,
+    /// For a `kinesis` sink writing to the embedded stream: its in-process handle, used instead
+    /// of an HTTP client.
+    pub kinesis: Option<std::sync::Arc<dyn kinesis::KinesisBackend>>,
+}
+
+impl<'a> BuildEnv<'a> {
+    /// Only a data directory.
+    pub fn new(data_dir: &'a Path) -> BuildEnv<'a> {
+        BuildEnv { data_dir, kinesis: None }
+    }
+}
+
 /// Builds the sink of type `kind` named `name` from its config table (any serde
-/// deserializer, e.g. a `toml::Table` with `type` and `inputs` removed). `data_dir` is the
-/// pipeline's data directory.
-pub fn build<'de, D>(kind: &str, name: &str, config: D, data_dir: &Path) -> Result<Box<dyn Sink>, FlowError>
+/// deserializer, e.g. a `toml::Table` with `type` and `inputs` removed).
+pub fn build<'de, D>(kind: &str, name: &str, config: D, env: &BuildEnv<'_>) -> Result<Box<dyn Sink>, FlowError>
 where
     D: serde::Deserializer<'de>,
 {
@@ -40,9 +56,9 @@ where
         T::deserialize(config).map_err(|e| config_error(name, e.to_string()))
     }
     match kind {
-        "kinesis" => kinesis::build(name, parse(name, config)?, data_dir),
-        "file" => file::build(name, parse(name, config)?, data_dir),
-        "stdout" => stdout::build(name, parse(name, config)?, data_dir),
+        "kinesis" => kinesis::build(name, parse(name, config)?, env),
+        "file" => file::build(name, parse(name, config)?, env.data_dir),
+        "stdout" => stdout::build(name, parse(name, config)?, env.data_dir),
         other => Err(config_error(name, format!("unknown sink type {other:?} (known: {})", KINDS.join(", ")))),
     }
 }

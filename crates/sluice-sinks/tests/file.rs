@@ -120,8 +120,8 @@ async fn files_left_open_by_a_crash_are_cut_to_complete_lines_and_finished() {
 #[test]
 fn relative_paths_are_under_the_data_dir_and_bad_prefixes_are_refused() {
     let table: toml::Table = toml::from_str("path = \"out\"\nprefix = \"../x\"\n").expect("toml");
-    assert!(sluice_sinks::build("file", "f", table, Path::new("/tmp")).is_err());
+    assert!(sluice_sinks::build("file", "f", table, &sluice_sinks::BuildEnv::new(Path::new("/tmp"))).is_err());
     let table: toml::Table =
         toml::from_str("path = \"out\"\nmax_age = \"1m\"\ncompression = \"gzip\"\n").expect("toml");
-    assert!(sluice_sinks::build("file", "f", table, Path::new("/tmp")).is_ok());
+    assert!(sluice_sinks::build("file", "f", table, &sluice_sinks::BuildEnv::new(Path::new("/tmp"))).is_ok());
 }

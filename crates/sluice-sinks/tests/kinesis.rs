@@ -23,7 +23,7 @@ fn racer(i: u64, keys: u64) -> String {
 
 async fn run_records(name: &str, cfg: KinesisConfig, payloads: Vec<Vec<u8>>, limit: Duration) -> Outcome {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = kinesis::build(name, cfg, dir.path()).expect("build");
+    let sink = kinesis::build(name, cfg, &sluice_sinks::BuildEnv::new(dir.path())).expect("build");
     let mut h = Harness::start(name, sink, dir.path());
     let n = payloads.len();
     for (i, p) in payloads.into_iter().enumerate() {
@@ -198,7 +198,7 @@ async fn oversized_records_are_dead_lettered_and_acked_as_such() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config("big", &server.url);
     cfg.partition_key = "random".into();
-    let sink = kinesis::build("big", cfg, dir.path()).expect("build");
+    let sink = kinesis::build("big", cfg, &sluice_sinks::BuildEnv::new(dir.path())).expect("build");
     let mut h = Harness::start("big", sink, dir.path());
     h.send(0, telemetry(0, "a", 0)).await;
     h.send(1, vec![b'x'; 1024 * 1024]).await; // data + 32-byte random key > 1 MiB
@@ -237,7 +237,7 @@ async fn endpoint_down_then_up_delivers_everything() {
     cfg.retry_backoff.base = Duration::from_millis(20);
     cfg.retry_backoff.max = Duration::from_millis(200);
     cfg.request_timeout = Duration::from_secs(2);
-    let sink = kinesis::build("flaky", cfg, dir.path()).expect("build");
+    let sink = kinesis::build("flaky", cfg, &sluice_sinks::BuildEnv::new(dir.path())).expect("build");
     let mut h = Harness::start("flaky", sink, dir.path());
     for i in 0..500u64 {
         h.send(i, telemetry(i, &racer(i, 9), i)).await;
@@ -269,7 +269,7 @@ async fn starts_while_the_endpoint_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config("late", &server.url);
     cfg.retry_backoff.max = Duration::from_millis(200);
-    let sink = kinesis::build("late", cfg, dir.path()).expect("build");
+    let sink = kinesis::build("late", cfg, &sluice_sinks::BuildEnv::new(dir.path())).expect("build");
     let mut h = Harness::start("late", sink, dir.path());
     for i in 0..100u64 {
         h.send(i, telemetry(i, &racer(i, 3), i)).await;
@@ -286,7 +286,8 @@ async fn starts_while_the_endpoint_is_down() {
 async fn stopping_acks_only_what_was_accepted() {
     let mut server = Embedded::start(false).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = kinesis::build("stop", config("stop", &server.url), dir.path()).expect("build");
+    let sink =
+        kinesis::build("stop", config("stop", &server.url), &sluice_sinks::BuildEnv::new(dir.path())).expect("build");
     let mut h = Harness::start("stop", sink, dir.path());
     h.send(0, telemetry(0, "a", 0)).await;
     h.wait_acked(1, Duration::from_secs(30)).await;
@@ -310,15 +311,17 @@ fn build_refuses_bad_configs() {
     let table: toml::Table =
         toml::from_str("stream_name = \"s\"\nendpoint = \"http://127.0.0.1:1\"\nmax_batch_bytes = 6000000\n")
             .expect("toml");
-    let err = sluice_sinks::build("kinesis", "k", table, dir.path()).err().expect("refused");
+    let err =
+        sluice_sinks::build("kinesis", "k", table, &sluice_sinks::BuildEnv::new(dir.path())).err().expect("refused");
     assert!(err.to_string().contains("max_batch_bytes"), "{err}");
     let table: toml::Table = toml::from_str("stream_name = \"s\"\nendpoint = \"aws\"\nbogus = 1\n").expect("toml");
-    let err = sluice_sinks::build("kinesis", "k", table, dir.path()).err().expect("refused");
+    let err =
+        sluice_sinks::build("kinesis", "k", table, &sluice_sinks::BuildEnv::new(dir.path())).err().expect("refused");
     assert!(err.to_string().contains("bogus"), "{err}");
     let table: toml::Table = toml::from_str("").expect("toml");
-    assert!(sluice_sinks::build("nope", "k", table, dir.path()).is_err());
+    assert!(sluice_sinks::build("nope", "k", table, &sluice_sinks::BuildEnv::new(dir.path())).is_err());
     let ok: toml::Table = toml::from_str("stream_name = \"s\"\nendpoint = \"aws\"\n").expect("toml");
-    assert!(sluice_sinks::build("kinesis", "k", ok, dir.path()).is_ok());
+    assert!(sluice_sinks::build("kinesis", "k", ok, &sluice_sinks::BuildEnv::new(dir.path())).is_ok());
 }
 
 /// Throughput into the embedded server (no limits), 150-byte JSON records. Run with

@@ -314,21 +314,7 @@ async fn put_entries(
     entries: &[Entry<'_>],
     max_record: usize,
 ) -> Result<Out, ApiError> {
-    let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
-    if total > MAX_PUT_RECORDS_BYTES.max(max_record) {
-        return Err(ApiError::invalid_argument(format!(
-            "Records size exceeds {} MB limit",
-            MAX_PUT_RECORDS_BYTES.max(max_record) / (1024 * 1024)
-        )));
-    }
-    if let Some(e) = entries.iter().find(|e| e.data.len() + e.key.len() > max_record) {
-        return Err(ApiError::invalid_argument(format!(
-            "Record size exceeds {max_record} bytes: data and partition key are {} bytes.",
-            e.data.len() + e.key.len()
-        )));
-    }
-    let hashes = entries.iter().map(hash_of).collect::<Result<Vec<u128>, ApiError>>()?;
-    let results = append_entries(st, ctx, name, entries, &hashes).await?;
+    let results = put_checked(st, ctx, name, entries, max_record, None).await?;
     let failed = results.iter().filter(|r| r.is_err()).count();
     if ctx.format == Format::Json {
         return Ok(Out::RawJson(put_records_json(st, name, failed, &results)));
@@ -348,6 +334,113 @@ async fn put_entries(
         ("Records", Out::List(records)),
         ("EncryptionType", encryption_of(st, name))
     ])
+}
+
+/// The call-wide size checks, then routing, admission and the append of entries whose own
+/// constraints already passed: per entry `Ok((shard, sequence number))` or `Err(shard)` when
+/// throttled.
+async fn put_checked(
+    st: &AppState,
+    ctx: &Ctx,
+    name: &str,
+    entries: &[Entry<'_>],
+    max_record: usize,
+    known_hashes: Option<Vec<u128>>,
+) -> Result<Vec<Result<(u32, SequenceNumber), u32>>, ApiError> {
+    let total: usize = entries.iter().map(|e| e.data.len() + e.key.len()).sum();
+    if total > MAX_PUT_RECORDS_BYTES.max(max_record) {
+        return Err(ApiError::invalid_argument(format!(
+            "Records size exceeds {} MB limit",
+            MAX_PUT_RECORDS_BYTES.max(max_record) / (1024 * 1024)
+        )));
+    }
+    if let Some(e) = entries.iter().find(|e| e.data.len() + e.key.len() > max_record) {
+        return Err(ApiError::invalid_argument(format!(
+            "Record size exceeds {max_record} bytes: data and partition key are {} bytes.",
+            e.data.len() + e.key.len()
+        )));
+    }
+    let hashes = match known_hashes {
+        Some(h) => h,
+        None => entries.iter().map(hash_of).collect::<Result<Vec<u128>, ApiError>>()?,
+    };
+    append_entries(st, ctx, name, entries, &hashes).await
+}
+
+/// One PutRecords entry given in-process (see [`crate::local`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PutEntry<'a> {
+    /// The record's data.
+    pub data: &'a [u8],
+    /// Its partition key.
+    pub partition_key: &'a str,
+    /// Its explicit hash key, if any.
+    pub explicit_hash_key: Option<&'a str>,
+    /// MD5 of the partition key as an integer, when the caller has computed it already (saves
+    /// hashing twice); ignored when there is an explicit hash key.
+    pub key_hash: Option<u128>,
+}
+
+/// The outcome of one in-process PutRecords entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored.
+    Accepted {
+        /// The shard it landed on.
+        shard: ShardId,
+        /// Its sequence number.
+        sequence_number: SequenceNumber,
+    },
+    /// Refused by the shard's throughput limit (`ProvisionedThroughputExceededException`).
+    Throttled {
+        /// The service's message.
+        message: String,
+    },
+}
+
+/// PutRecords without a wire format: the same constraints (with the same
+/// ValidationException texts), routing, limits and durable append as the HTTP operation.
+pub async fn put_records_typed(
+    st: &AppState,
+    ctx: &Ctx,
+    stream: &str,
+    entries: &[PutEntry<'_>],
+) -> Result<Vec<PutOutcome>, ApiError> {
+    let mut check = Checker::new();
+    check.name(Some(stream), "streamName");
+    check.count(Some(entries.len()), "records", 1, 500);
+    check.finish()?;
+    let mut check = Checker::new();
+    let max_record = max_record_bytes(st, Some(stream));
+    let mut checked = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let prefix = format!("records.{}.member.", i + 1);
+        check.blob_size(Some(e.data.len()), &format!("{prefix}data"), max_record);
+        check.length(Some(e.partition_key), &format!("{prefix}partitionKey"), 1, 256);
+        check.pattern(
+            e.explicit_hash_key,
+            &format!("{prefix}explicitHashKey"),
+            |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
+            "0|([1-9]\\d{0,38})",
+        );
+        checked.push(Entry { data: Cow::Borrowed(e.data), key: e.partition_key, hash: e.explicit_hash_key });
+    }
+    check.finish()?;
+    let mut hashes = Vec::with_capacity(checked.len());
+    for (e, given) in checked.iter().zip(entries) {
+        hashes.push(match (e.hash, given.key_hash) {
+            (None, Some(h)) => h,
+            _ => hash_of(e)?,
+        });
+    }
+    let results = put_checked(st, ctx, stream, &checked, max_record, Some(hashes)).await?;
+    Ok(results
+        .into_iter()
+        .map(|r| match r {
+            Ok((shard, sequence_number)) => PutOutcome::Accepted { shard: ShardId(shard), sequence_number },
+            Err(shard) => PutOutcome::Throttled { message: throttled_message(st, stream, shard) },
+        })
+        .collect())
 }
 
 /// The PutRecords answer written straight to JSON (the hot path: no intermediate tree).

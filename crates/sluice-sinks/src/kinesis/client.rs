@@ -15,6 +15,7 @@ use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use sluice_core::HashKeyRange;
 use sluice_core::hash::parse_hash_key;
 
+use super::backend::{CallFuture, KinesisBackend};
 use super::config::KinesisConfig;
 use super::dispatch::{CallError, Entry, EntryResult};
 use super::shard_map::{ShardInfo, ShardMap};
@@ -148,14 +149,7 @@ impl StreamClient {
                 (None, None) => {
                     EntryResult::Failed { code: "MissingShardId".into(), message: "no shard id and no error".into() }
                 }
-                (Some(code), _) => {
-                    let message = r.error_message().unwrap_or_default().to_owned();
-                    match ErrorKind::of(code) {
-                        ErrorKind::Throttled => EntryResult::Throttled,
-                        ErrorKind::Rejected => EntryResult::Rejected { code: code.to_owned(), message },
-                        _ => EntryResult::Failed { code: code.to_owned(), message },
-                    }
-                }
+                (Some(code), _) => EntryResult::failed(code, r.error_message().unwrap_or_default().to_owned()),
             })
             .collect())
     }
@@ -176,29 +170,6 @@ fn static_credentials() -> Credentials {
     }
 }
 
-enum ErrorKind {
-    Rejected,
-    NotFound,
-    Throttled,
-    Other,
-}
-
-impl ErrorKind {
-    fn of(code: &str) -> ErrorKind {
-        match code {
-            "ValidationException" | "InvalidArgumentException" => ErrorKind::Rejected,
-            "ResourceNotFoundException" => ErrorKind::NotFound,
-            "ProvisionedThroughputExceededException"
-            | "ThrottlingException"
-            | "LimitExceededException"
-            | "KMSThrottlingException"
-            | "RequestLimitExceeded"
-            | "SlowDown" => ErrorKind::Throttled,
-            _ => ErrorKind::Other,
-        }
-    }
-}
-
 fn code_of<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     match err {
         SdkError::ServiceError(se) => se.err().code(),
@@ -211,12 +182,20 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
-    let kind = code_of(&err).map(ErrorKind::of);
-    let text = DisplayErrorContext(&err).to_string();
-    match kind {
-        Some(ErrorKind::Rejected) => CallError::Rejected(text),
-        Some(ErrorKind::NotFound) => CallError::NotFound(text),
-        Some(ErrorKind::Throttled) => CallError::Throttled(text),
-        _ => CallError::Transient(text),
+    let code = code_of(&err).map(str::to_owned);
+    CallError::from_code(code.as_deref(), DisplayErrorContext(&err).to_string())
+}
+
+impl KinesisBackend for StreamClient {
+    fn ensure_stream(&self, create: bool, shards: u32) -> CallFuture<'_, ()> {
+        Box::pin(StreamClient::ensure_stream(self, create, shards))
+    }
+
+    fn shard_map(&self) -> CallFuture<'_, ShardMap> {
+        Box::pin(StreamClient::shard_map(self))
+    }
+
+    fn put_records<'a>(&'a self, entries: &'a [Entry]) -> CallFuture<'a, Vec<EntryResult>> {
+        Box::pin(StreamClient::put_records(self, entries))
     }
 }

@@ -107,6 +107,12 @@ impl Entry {
         self.data.len() + self.partition_key.len()
     }
 
+    /// The hash key it is routed by: its explicit hash key if it has one, else the MD5 of its
+    /// partition key.
+    pub fn route(&self) -> u128 {
+        self.route
+    }
+
     /// Its partition keys, each once, in first-seen order.
     fn keys(&self) -> Vec<Arc<str>> {
         let mut seen = std::collections::HashSet::new();

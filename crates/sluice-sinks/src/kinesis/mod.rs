@@ -48,10 +48,9 @@
 //! `sluice_sink_partition_key_fallback_total`, histograms `sluice_sink_batch_seconds` and
 //! `sluice_sink_end_to_end_seconds`, gauge `sluice_sink_in_flight`.
 
-use std::path::Path;
-
 use sluice_flow::{FlowError, Sink};
 
+mod backend;
 mod client;
 mod config;
 mod dispatch;
@@ -61,16 +60,19 @@ mod shard_map;
 mod sink;
 mod stats;
 
+pub use backend::{CallFuture, KinesisBackend};
 pub use config::{
     Compression, KinesisConfig, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, Ordering, RetryBackoff,
 };
+pub use dispatch::{CallError, Entry, EntryResult};
 pub use partition_key::PartitionKeySpec;
+pub use shard_map::{ShardInfo, ShardMap};
 pub use sink::{KinesisSink, compress};
 
-/// Checks the config and builds the sink (it connects when it runs). `data_dir` is unused:
-/// the sink keeps no state of its own.
-pub fn build(name: &str, config: KinesisConfig, _data_dir: &Path) -> Result<Box<dyn Sink>, FlowError> {
+/// Checks the config and builds the sink (it connects when it runs). It keeps no state of its
+/// own; `env.kinesis`, when given, is used instead of an SDK client for `endpoint`.
+pub fn build(name: &str, config: KinesisConfig, env: &crate::BuildEnv<'_>) -> Result<Box<dyn Sink>, FlowError> {
     config.validate().map_err(|m| crate::config_error(name, m))?;
     let spec = PartitionKeySpec::parse(&config.partition_key).map_err(|m| crate::config_error(name, m))?;
-    Ok(Box::new(KinesisSink::new(name, config, spec)))
+    Ok(Box::new(KinesisSink::new(name, config, spec, env.kinesis.clone())))
 }

@@ -1,5 +1,7 @@
 //! Choosing a record's partition key from the `partition_key` option.
 
+use sluice_core::json_pointer::{Found, Pointer};
+
 /// Longest partition key Kinesis accepts, in UTF-16 units (what kinesalite counts; for keys
 /// without astral characters this equals Unicode characters).
 const MAX_KEY_UNITS: usize = 256;
@@ -21,7 +23,7 @@ pub enum Part {
     /// Literal text.
     Text(String),
     /// A JSON pointer (RFC 6901) into the payload.
-    Pointer(String),
+    Pointer(Pointer),
 }
 
 /// The key chosen for one record.
@@ -43,7 +45,7 @@ impl PartitionKeySpec {
             return Err("`partition_key` must not be empty (use \"random\", \"/pointer\" or a template)".into());
         }
         if spec.starts_with('/') {
-            return Ok(PartitionKeySpec::Template(vec![Part::Pointer(spec.to_owned())]));
+            return Ok(PartitionKeySpec::Template(vec![Part::Pointer(pointer(spec, spec)?)]));
         }
         if !spec.contains('{') {
             return Ok(PartitionKeySpec::Fixed(truncate(spec.to_owned())));
@@ -78,7 +80,7 @@ impl PartitionKeySpec {
                     if !text.is_empty() {
                         parts.push(Part::Text(std::mem::take(&mut text)));
                     }
-                    parts.push(Part::Pointer(pointer));
+                    parts.push(Part::Pointer(self::pointer(spec, &pointer)?));
                 }
                 c => text.push(c),
             }
@@ -95,17 +97,15 @@ impl PartitionKeySpec {
             PartitionKeySpec::Random => Key::Chosen(random_key()),
             PartitionKeySpec::Fixed(k) => Key::Chosen(k.clone()),
             PartitionKeySpec::Template(parts) => {
-                let Ok(doc) = serde_json::from_slice::<serde_json::Value>(payload) else {
-                    return Key::Fallback(random_key());
-                };
                 let mut key = String::new();
                 for part in parts {
                     match part {
                         Part::Text(t) => key.push_str(t),
-                        Part::Pointer(p) => match doc.pointer(p) {
-                            None | Some(serde_json::Value::Null) => return Key::Fallback(random_key()),
-                            Some(serde_json::Value::String(s)) => key.push_str(s),
-                            Some(other) => key.push_str(&other.to_string()),
+                        Part::Pointer(p) => match p.find(payload) {
+                            Err(_) | Ok(None) | Ok(Some(Found::Null)) => return Key::Fallback(random_key()),
+                            Ok(Some(Found::Str(s))) => key.push_str(&s),
+                            Ok(Some(Found::Number(text) | Found::Composite(text))) => key.push_str(text),
+                            Ok(Some(Found::Bool(b))) => key.push_str(if b { "true" } else { "false" }),
                         },
                     }
                 }
@@ -113,6 +113,10 @@ impl PartitionKeySpec {
             }
         }
     }
+}
+
+fn pointer(spec: &str, text: &str) -> Result<Pointer, String> {
+    Pointer::parse(text).map_err(|e| format!("`partition_key` {spec:?}: {e}"))
 }
 
 /// A random 128-bit key in hex (spreads evenly over shards).
@@ -168,6 +172,8 @@ mod tests {
         assert!(PartitionKeySpec::parse("{/racer").is_err());
         assert!(PartitionKeySpec::parse("{racer}").is_err());
         assert!(PartitionKeySpec::parse("").is_err());
+        assert!(PartitionKeySpec::parse("/a~2").is_err());
+        assert!(PartitionKeySpec::parse("k-{/a~}").is_err());
         let long = "é".repeat(300);
         let Key::Chosen(k) = chosen("/k", &format!(r#"{{"k":"{long}"}}"#)) else { panic!("chosen") };
         assert_eq!(k.chars().count(), 256);

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::backend::KinesisBackend;
 use super::client::StreamClient;
 use super::config::{Compression, KinesisConfig, MAX_RECORD_BYTES, Ordering};
 use super::dispatch::{Batch, CallError, Dispatcher, EntryResult, Prepared, Report, Settings};
@@ -33,12 +34,19 @@ pub struct KinesisSink {
     name: String,
     config: KinesisConfig,
     spec: Arc<PartitionKeySpec>,
+    backend: Option<Arc<dyn KinesisBackend>>,
 }
 
 impl KinesisSink {
-    /// A sink from a config already validated.
-    pub(super) fn new(name: &str, config: KinesisConfig, spec: PartitionKeySpec) -> KinesisSink {
-        KinesisSink { name: name.to_owned(), config, spec: Arc::new(spec) }
+    /// A sink from a config already validated; `backend` replaces the SDK client built from
+    /// `endpoint` (the pipeline passes the embedded stream's in-process handle).
+    pub(super) fn new(
+        name: &str,
+        config: KinesisConfig,
+        spec: PartitionKeySpec,
+        backend: Option<Arc<dyn KinesisBackend>>,
+    ) -> KinesisSink {
+        KinesisSink { name: name.to_owned(), config, spec: Arc::new(spec), backend }
     }
 }
 
@@ -51,15 +59,18 @@ impl Sink for KinesisSink {
 type Done = (Batch, Result<Vec<EntryResult>, CallError>, Duration);
 
 async fn run(sink: KinesisSink, ctx: SinkContext) -> Result<(), FlowError> {
-    let KinesisSink { name, config, spec } = sink;
+    let KinesisSink { name, config, spec, backend } = sink;
     let SinkContext { name: _, records, acks, dead_letters, shutdown } = ctx;
     let stats = Stats::new(&name);
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);
 
-    let client = StreamClient::connect(&config).await;
+    let client: Arc<dyn KinesisBackend> = match backend {
+        Some(b) => b,
+        None => Arc::new(StreamClient::connect(&config).await),
+    };
     let map = tokio::select! {
-        m = setup(&name, &client, &config) => m?,
+        m = setup(&name, client.as_ref(), &config) => m?,
         _ = &mut stop => return Ok(()),
     };
     tracing::info!(sink = %name, stream = %config.stream_name, shards = map.open_shards().len(), "kinesis sink ready");
@@ -203,7 +214,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Makes sure the stream exists and learns its shards, retrying transient failures forever.
-async fn setup(name: &str, client: &StreamClient, config: &KinesisConfig) -> Result<ShardMap, FlowError> {
+async fn setup(name: &str, client: &dyn KinesisBackend, config: &KinesisConfig) -> Result<ShardMap, FlowError> {
     let mut attempt = 0u32;
     loop {
         let result = async {

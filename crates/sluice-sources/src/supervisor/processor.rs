@@ -362,7 +362,7 @@ impl Processor {
             return Checked::Unusable { reason: "too_large", detail };
         }
         match &self.pointer {
-            Some(pointer) => match pointer.extract(payload) {
+            Some(pointer) => match crate::cursor::extract(pointer, payload) {
                 Ok(cursor) => Checked::Usable(cursor),
                 Err(e) => Checked::Unusable {
                     reason: "invalid_json",

@@ -1,0 +1,109 @@
+//! The embedded stream as a `kinesis` sink's backend: calls go straight into the stream's
+//! operation code in this process ([`sluice_kinesis_api::LocalApi`]) instead of over HTTP, so
+//! records are neither base64-encoded into JSON nor parsed back. The semantics are the
+//! service's: the same checks, routing, limits and durable append as a PutRecords request.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_core::HashKeyRange;
+use sluice_core::hash::parse_hash_key;
+use sluice_kinesis_api::{ApiError, LocalApi, PutEntry, PutOutcome};
+use sluice_sinks::kinesis::{CallError, CallFuture, Entry, EntryResult, KinesisBackend, ShardInfo, ShardMap};
+
+/// One stream of the embedded server, reached in-process.
+pub struct EmbeddedStream {
+    api: LocalApi,
+    stream: String,
+}
+
+impl EmbeddedStream {
+    /// A backend writing to `stream`.
+    pub fn new(api: LocalApi, stream: impl Into<String>) -> EmbeddedStream {
+        EmbeddedStream { api, stream: stream.into() }
+    }
+}
+
+fn call_error(e: ApiError) -> CallError {
+    CallError::from_code(Some(e.kind), e.to_string())
+}
+
+impl KinesisBackend for EmbeddedStream {
+    fn ensure_stream(&self, create: bool, shards: u32) -> CallFuture<'_, ()> {
+        Box::pin(async move {
+            if create {
+                let request = json!({"StreamName": self.stream, "ShardCount": shards});
+                match self.api.call("CreateStream", &request).await {
+                    Ok(_) => tracing::info!(stream = %self.stream, shards, "created the stream"),
+                    Err(e) if e.kind == "ResourceInUseException" => {}
+                    Err(e) => return Err(call_error(e)),
+                }
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+            loop {
+                let summary = self
+                    .api
+                    .call("DescribeStreamSummary", &json!({"StreamName": self.stream}))
+                    .await
+                    .map_err(call_error)?;
+                let status = summary["StreamDescriptionSummary"]["StreamStatus"].as_str().unwrap_or("").to_owned();
+                if status == "ACTIVE" || status == "UPDATING" {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(CallError::Transient(format!("stream {} is still {status}", self.stream)));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+
+    fn shard_map(&self) -> CallFuture<'_, ShardMap> {
+        Box::pin(async move {
+            let mut shards = Vec::new();
+            let mut request = json!({"StreamName": self.stream});
+            loop {
+                let page = self.api.call("ListShards", &request).await.map_err(call_error)?;
+                for s in page["Shards"].as_array().into_iter().flatten() {
+                    let range = &s["HashKeyRange"];
+                    let (Some(id), Some(start), Some(end)) = (
+                        s["ShardId"].as_str(),
+                        range["StartingHashKey"].as_str().and_then(|k| parse_hash_key(k).ok()),
+                        range["EndingHashKey"].as_str().and_then(|k| parse_hash_key(k).ok()),
+                    ) else {
+                        continue;
+                    };
+                    let open = s["SequenceNumberRange"]["EndingSequenceNumber"].is_null();
+                    shards.push(ShardInfo { id: id.into(), range: HashKeyRange { start, end }, open });
+                }
+                match page["NextToken"].as_str() {
+                    Some(token) if !token.is_empty() => request = json!({"NextToken": token}),
+                    _ => break,
+                }
+            }
+            Ok(ShardMap::new(shards))
+        })
+    }
+
+    fn put_records<'a>(&'a self, entries: &'a [Entry]) -> CallFuture<'a, Vec<EntryResult>> {
+        Box::pin(async move {
+            let puts: Vec<PutEntry<'_>> = entries
+                .iter()
+                .map(|e| PutEntry {
+                    data: &e.data,
+                    partition_key: &e.partition_key,
+                    explicit_hash_key: e.explicit_hash_key.as_deref(),
+                    key_hash: Some(e.route()),
+                })
+                .collect();
+            let outcomes = self.api.put_records(&self.stream, &puts).await.map_err(call_error)?;
+            Ok(outcomes
+                .into_iter()
+                .map(|o| match o {
+                    PutOutcome::Accepted { shard, .. } => EntryResult::Accepted { shard_id: shard.to_string() },
+                    PutOutcome::Throttled { .. } => EntryResult::Throttled,
+                })
+                .collect())
+        })
+    }
+}
