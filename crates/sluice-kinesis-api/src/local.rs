@@ -57,6 +57,7 @@ impl LocalApi {
 mod tests {
     use super::*;
     use crate::state::ApiConfig;
+    use bytes::Bytes;
 
     async fn api(dir: &std::path::Path) -> (crate::Server, LocalApi) {
         let store = sluice_storage::Store::open(sluice_storage::StoreConfig::new(dir.to_path_buf())).expect("store");
@@ -88,7 +89,12 @@ mod tests {
         api.call("CreateStream", &serde_json::json!({"StreamName": "s", "ShardCount": 4})).await.expect("create");
         let entries: Vec<PutEntry<'_>> = ["a", "b", "c", "a"]
             .iter()
-            .map(|k| PutEntry { data: b"payload", partition_key: k, explicit_hash_key: None, key_hash: None })
+            .map(|k| PutEntry {
+                data: Bytes::from_static(b"payload"),
+                partition_key: k,
+                explicit_hash_key: None,
+                key_hash: None,
+            })
             .collect();
         let out = api.put_records("s", &entries).await.expect("put");
         let accepted: Vec<(sluice_core::ShardId, sluice_core::SequenceNumber)> = out
@@ -116,14 +122,16 @@ mod tests {
             .map(str::to_owned);
         assert_eq!(holder, Some(accepted[1].0.to_string()), "routed by MD5 of the key");
 
-        let empty_key = [PutEntry { data: b"x", partition_key: "", explicit_hash_key: None, key_hash: None }];
+        let empty_key =
+            [PutEntry { data: Bytes::from_static(b"x"), partition_key: "", explicit_hash_key: None, key_hash: None }];
         let err = api.put_records("s", &empty_key).await.expect_err("empty key");
         assert_eq!(err.kind, "ValidationException");
         assert!(err.message.contains("records.1.member.partitionKey"), "{}", err.message);
-        let big = vec![0u8; 1024 * 1024];
-        let too_big = [PutEntry { data: &big, partition_key: "k", explicit_hash_key: None, key_hash: None }];
+        let big = Bytes::from(vec![0u8; 1024 * 1024]);
+        let too_big = [PutEntry { data: big, partition_key: "k", explicit_hash_key: None, key_hash: None }];
         assert_eq!(api.put_records("s", &too_big).await.expect_err("too big").kind, "InvalidArgumentException");
-        let missing = [PutEntry { data: b"x", partition_key: "k", explicit_hash_key: None, key_hash: None }];
+        let missing =
+            [PutEntry { data: Bytes::from_static(b"x"), partition_key: "k", explicit_hash_key: None, key_hash: None }];
         assert_eq!(api.put_records("gone", &missing).await.expect_err("missing").kind, "ResourceNotFoundException");
         server.shutdown().await.expect("shutdown");
     }

@@ -90,7 +90,7 @@ impl KinesisBackend for EmbeddedStream {
             let puts: Vec<PutEntry<'_>> = entries
                 .iter()
                 .map(|e| PutEntry {
-                    data: &e.data,
+                    data: e.data.clone(),
                     partition_key: &e.partition_key,
                     explicit_hash_key: e.explicit_hash_key.as_deref(),
                     key_hash: Some(e.route()),

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics::{counter, gauge};
 use sluice_flow::{Ack, DeadLetters, Event, Record, Sink, SinkContext, Source, SourceContext};
 use sluice_storage::{Durability, StorageError};
@@ -283,8 +282,14 @@ async fn feeder(
             }
             let record = Record {
                 id: (index << ORDINAL_BITS) | (ordinal & ORDINAL_MASK),
-                payload: Bytes::from(r.data),
+                payload: r.payload,
                 received_ms: r.arrival_ms,
+            };
+            // Without waiting when the sink has room (the common case), else until it has.
+            let record = match tx.try_send(record) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(record)) => record,
             };
             tokio::select! {
                 sent = tx.send(record) => if sent.is_err() { return },
@@ -376,6 +381,7 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use sluice_flow::{BoxFuture, FlowError};
 
     /// Emits `count` events numbered after the resume cursor, then idles until shutdown.

@@ -7,9 +7,11 @@
 //! holds up the provider's connection, and each sink reads at its own pace from its own
 //! watermark (kept in `data_dir/state/<sink>.json`, advanced only over acknowledged records).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use sluice_flow::Event;
 use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig, StoredRecord, StreamMeta};
 
@@ -17,6 +19,74 @@ use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig,
 #[derive(Clone)]
 pub struct Spool {
     store: Store,
+    tails: Arc<HashMap<String, Mutex<Tail>>>,
+}
+
+/// One spooled event as a sink's feeder gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spooled {
+    /// Its ordinal in the source's spool (1 is the first ever).
+    pub ordinal: u64,
+    /// When it was spooled, epoch ms.
+    pub arrival_ms: u64,
+    /// The event's payload.
+    pub payload: Bytes,
+}
+
+/// Most events and bytes each source's in-memory tail keeps.
+const TAIL_RECORDS: usize = 65_536;
+const TAIL_BYTES: usize = 32 * 1024 * 1024;
+
+/// The newest durable events of one source, kept in memory so that feeders that keep up hand
+/// them on without reading them back from disk. Only durable events enter it.
+#[derive(Default)]
+struct Tail {
+    /// Ordinal of `events[0]`.
+    first: u64,
+    events: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn push(&mut self, first_ordinal: u64, events: &[(u64, Bytes)]) {
+        if self.first + self.events.len() as u64 != first_ordinal {
+            // Not contiguous with what is kept (the first append, or after a restart).
+            self.events.clear();
+            self.bytes = 0;
+            self.first = first_ordinal;
+        }
+        for e in events {
+            self.bytes += e.1.len();
+            self.events.push_back(e.clone());
+        }
+        while self.events.len() > TAIL_RECORDS || self.bytes > TAIL_BYTES {
+            let Some((_, old)) = self.events.pop_front() else { break };
+            self.bytes -= old.len();
+            self.first += 1;
+        }
+    }
+
+    /// Up to `max` events from `from`, if `from` is kept. (At the end, the caller asks the
+    /// store: an append may be durable there a moment before it is pushed here.)
+    fn read(&self, from: u64, max: usize) -> Option<Vec<Spooled>> {
+        let end = self.first + self.events.len() as u64;
+        if from < self.first || from >= end {
+            return None;
+        }
+        let skip = (from - self.first) as usize;
+        Some(
+            self.events
+                .range(skip..)
+                .take(max)
+                .zip(from..)
+                .map(|((arrival_ms, payload), ordinal)| Spooled {
+                    ordinal,
+                    arrival_ms: *arrival_ms,
+                    payload: payload.clone(),
+                })
+                .collect(),
+        )
+    }
 }
 
 /// The tag every spool stream uses (spool streams are never re-created under the same name).
@@ -45,21 +115,43 @@ impl Spool {
             }
             Ok::<(), StorageError>(())
         })?;
-        Ok(Spool { store })
+        let tails = sources.iter().map(|n| (n.clone(), Mutex::new(Tail::default()))).collect();
+        Ok(Spool { store, tails: Arc::new(tails) })
     }
 
     /// Appends events in order; returns the ordinal of the last one. Durable on return.
     pub async fn append(&self, source: &str, events: Vec<Event>) -> Result<u64, StorageError> {
+        let payloads: Vec<Bytes> = events.iter().map(|e| e.payload.clone()).collect();
         let records = events
             .into_iter()
-            .map(|e| AppendRecord { shard: 0, partition_key: e.cursor.unwrap_or_default(), data: e.payload.to_vec() })
+            .map(|e| AppendRecord { shard: 0, partition_key: e.cursor.unwrap_or_default(), data: e.payload })
             .collect();
         let done = self.store.append(source, TAG, records).await?;
+        if let (Some(first), Some(tail)) = (done.first(), self.tails.get(source)) {
+            let kept: Vec<(u64, Bytes)> = done.iter().map(|a| a.arrival_ms).zip(payloads).collect();
+            tail.lock().unwrap_or_else(|p| p.into_inner()).push(first.ordinal, &kept);
+        }
         Ok(done.last().map_or(0, |a| a.ordinal))
     }
 
-    /// Up to `max` records from `from` (an ordinal; 1 is the first ever).
-    pub fn read(&self, source: &str, from: u64, max: usize) -> Result<(Vec<StoredRecord>, u64), StorageError> {
+    /// Up to `max` events from `from` (an ordinal; 1 is the first ever), and the ordinal after
+    /// the last one returned. Recent events come from memory, older ones from disk.
+    pub fn read(&self, source: &str, from: u64, max: usize) -> Result<(Vec<Spooled>, u64), StorageError> {
+        if let Some(tail) = self.tails.get(source)
+            && let Some(events) = tail.lock().unwrap_or_else(|p| p.into_inner()).read(from, max)
+        {
+            let next = events.last().map_or(from, |e| e.ordinal + 1);
+            return Ok((events, next));
+        }
+        let (records, next) = self.read_stored(source, from, max)?;
+        let events = records
+            .into_iter()
+            .map(|r| Spooled { ordinal: r.ordinal, arrival_ms: r.arrival_ms, payload: Bytes::from(r.data) })
+            .collect();
+        Ok((events, next))
+    }
+
+    fn read_stored(&self, source: &str, from: u64, max: usize) -> Result<(Vec<StoredRecord>, u64), StorageError> {
         let batch = self.store.read(source, TAG, 0, from, max, 4 * 1024 * 1024)?;
         Ok((batch.records, batch.next_ordinal))
     }
@@ -75,7 +167,7 @@ impl Spool {
         if pos.next_ordinal <= pos.first_ordinal {
             return Ok(None);
         }
-        let (records, _) = self.read(source, pos.next_ordinal - 1, 1)?;
+        let (records, _) = self.read_stored(source, pos.next_ordinal - 1, 1)?;
         Ok(records.into_iter().next().map(|r| r.partition_key).filter(|c| !c.is_empty()))
     }
 
@@ -191,12 +283,17 @@ impl Watermark {
         if ordinal <= self.done {
             return false;
         }
-        self.pending.insert(ordinal);
-        let before = self.done;
-        while self.pending.remove(&(self.done + 1)) {
+        if ordinal != self.done + 1 {
+            self.pending.insert(ordinal);
+            return false;
+        }
+        // The common case (acks in order) never touches the set.
+        self.done = ordinal;
+        while self.pending.first() == Some(&(self.done + 1)) {
+            self.pending.pop_first();
             self.done += 1;
         }
-        self.done != before
+        true
     }
 
     /// Acknowledged but not yet contiguous.
@@ -229,6 +326,13 @@ mod tests {
         assert!(w.ack(11));
         assert_eq!(w.done, 12);
         assert_eq!(w.pending(), 0);
+        assert!(!w.ack(15));
+        assert!(!w.ack(14));
+        assert!(w.ack(13));
+        assert_eq!((w.done, w.pending()), (15, 0));
+        assert!(w.ack(16));
+        assert!(!w.ack(16));
+        assert_eq!(w.done, 16);
     }
 
     #[test]
@@ -246,13 +350,34 @@ mod tests {
         assert_eq!(rt.block_on(spool.append("feed", events)).expect("append"), 3);
         assert_eq!(spool.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
         let (records, next) = spool.read("feed", 2, 10).expect("read");
-        assert_eq!(records.iter().map(|r| r.data.clone()).collect::<Vec<_>>(), vec![b"e2".to_vec(), b"e3".to_vec()]);
+        assert_eq!(records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), vec![&b"e2"[..], &b"e3"[..]]);
         assert_eq!(next, 4);
         spool.shutdown();
         drop(spool);
         let again = Spool::open(dir.path(), Durability::Fsync, 24, &["feed".to_owned()]).expect("reopen");
         assert_eq!(again.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
         assert_eq!(again.next_ordinal("feed").expect("next"), 4);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_contiguous_events() {
+        let ev = |o: u64| (o * 10, Bytes::from(format!("e{o}")));
+        let mut t = Tail::default();
+        t.push(5, &[ev(5), ev(6), ev(7)]);
+        assert_eq!(t.read(4, 10), None, "before the tail: read from disk");
+        assert_eq!(t.read(8, 10), None, "past the tail: ask the store");
+        let got = t.read(6, 10).expect("kept");
+        assert_eq!(got.iter().map(|e| e.ordinal).collect::<Vec<_>>(), vec![6, 7]);
+        assert_eq!(got[0], Spooled { ordinal: 6, arrival_ms: 60, payload: Bytes::from("e6") });
+        assert_eq!(t.read(5, 1).expect("kept").len(), 1);
+        t.push(9, &[ev(9)]);
+        assert_eq!(t.read(7, 10), None, "a gap resets the tail");
+        assert_eq!(t.read(9, 10).expect("kept")[0].ordinal, 9);
+        let many: Vec<(u64, Bytes)> = (10..10 + TAIL_RECORDS as u64 + 5).map(ev).collect();
+        t.push(10, &many);
+        assert_eq!(t.events.len(), TAIL_RECORDS);
+        assert_eq!(t.first, 15, "the oldest were dropped");
+        assert_eq!(t.read(14, 1), None);
     }
 
     #[test]

@@ -6,12 +6,12 @@
 
 use std::collections::{HashSet, VecDeque};
 
-pub(crate) use sluice_core::json_pointer::Pointer;
+pub(crate) use sluice_core::json_pointer::{JsonError, Pointer};
 
 /// The cursor at `pointer` in a message: a string as is, a number as its JSON text; `None` when
 /// the path does not exist or leads to null, a boolean, an object or an array. Errors when the
 /// payload is not one valid JSON document.
-pub(crate) fn extract(pointer: &Pointer, payload: &[u8]) -> Result<Option<String>, serde_json::Error> {
+pub(crate) fn extract(pointer: &Pointer, payload: &[u8]) -> Result<Option<String>, JsonError> {
     Ok(pointer.find(payload)?.and_then(|found| found.scalar_text().map(str::to_owned)))
 }
 
@@ -124,7 +124,7 @@ pub(crate) fn parse_int(cursor: &str) -> Option<i128> {
 mod tests {
     use super::*;
 
-    fn extract(pointer: &str, doc: &str) -> Result<Option<String>, serde_json::Error> {
+    fn extract(pointer: &str, doc: &str) -> Result<Option<String>, JsonError> {
         super::extract(&Pointer::parse(pointer).expect("pointer"), doc.as_bytes())
     }
 

@@ -110,8 +110,8 @@ pub struct AppendRecord {
     pub shard: u32,
     /// Partition key (stored verbatim).
     pub partition_key: String,
-    /// Payload.
-    pub data: Vec<u8>,
+    /// Payload (shared, so callers hand it over without a copy).
+    pub data: bytes::Bytes,
 }
 
 /// Where an appended record landed (one per record, in request order).

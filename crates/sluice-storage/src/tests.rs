@@ -28,7 +28,7 @@ fn shard_dir(dir: &Path, shard: u32) -> PathBuf {
 }
 
 fn recs(shard: u32, n: usize, tag: u8) -> Vec<AppendRecord> {
-    (0..n).map(|i| AppendRecord { shard, partition_key: format!("k{i}"), data: vec![tag; 50 + i] }).collect()
+    (0..n).map(|i| AppendRecord { shard, partition_key: format!("k{i}"), data: vec![tag; 50 + i].into() }).collect()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -99,7 +99,7 @@ fn oversized_records_are_refused_whole() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = setup(tmp.path(), 1 << 20);
     let mut r = recs(0, 2, 1);
-    r.push(AppendRecord { shard: 1, partition_key: String::new(), data: vec![0; MAX_RECORD_BYTES + 1] });
+    r.push(AppendRecord { shard: 1, partition_key: String::new(), data: vec![0; MAX_RECORD_BYTES + 1].into() });
     let e = rt().block_on(store.append("s", 1, r));
     assert!(matches!(e, Err(StorageError::RecordTooLarge { .. })));
     assert_eq!(store.shard_position("s", 1, 0).expect("pos").next_ordinal, 1);

@@ -38,7 +38,7 @@ fn append_and_read_throughput() {
                         .map(|i| AppendRecord {
                             shard: ((t + c + i) as u32) % shards,
                             partition_key: format!("pk-{t}-{i}"),
-                            data: vec![(i % 251) as u8; 100],
+                            data: vec![(i % 251) as u8; 100].into(),
                         })
                         .collect()
                 })

@@ -60,7 +60,7 @@ fn run(segment_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let acks = rt.block_on(s.append(STREAM, TAG, recs.clone())).unwrap();
                 for (r, a) in recs.into_iter().zip(acks) {
                     let m = &mut model[r.shard as usize];
-                    m.records.push((r.partition_key, r.data));
+                    m.records.push((r.partition_key, r.data.to_vec()));
                     prop_assert_eq!(a.ordinal, m.records.len() as u64);
                 }
             }

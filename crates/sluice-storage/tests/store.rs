@@ -32,7 +32,7 @@ fn round_trip_across_shards_and_segment_rollovers() {
         assert_eq!(acks.len(), recs.len());
         for (r, a) in recs.iter().zip(&acks) {
             let v = expected.entry(r.shard).or_default();
-            v.push((r.partition_key.clone(), r.data.clone()));
+            v.push((r.partition_key.clone(), r.data.to_vec()));
             assert_eq!(a.ordinal, v.len() as u64, "ordinals are gap-free from 1");
         }
     }

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use metrics::counter;
 use sluice_core::hash::{HashKeyError, parse_hash_key};
 use sluice_core::iterator::IteratorError;
@@ -38,7 +39,7 @@ fn is_sequence_syntax(s: &str) -> bool {
 
 /// One decoded put entry.
 struct Entry<'r> {
-    data: Cow<'r, [u8]>,
+    data: Bytes,
     key: &'r str,
     hash: Option<&'r str>,
 }
@@ -56,7 +57,7 @@ fn read_put_entry<'r>(
         let key_ok = !key.is_empty() && (key.len() <= 256 || key.chars().count() <= 256);
         let hash_ok = hash.is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
         if data.len() <= max_record && key_ok && hash_ok {
-            return Ok(Some(Entry { data, key, hash }));
+            return Ok(Some(Entry { data: Bytes::from(data.into_owned()), key, hash }));
         }
     }
     read_entry(f, check, &format!("records.{}.member.", index + 1), max_record)
@@ -82,7 +83,7 @@ fn read_entry<'r>(
         "0|([1-9]\\d{0,38})",
     );
     Ok(match (data, key) {
-        (Some(data), Some(key)) => Some(Entry { data, key, hash }),
+        (Some(data), Some(key)) => Some(Entry { data: Bytes::from(data.into_owned()), key, hash }),
         _ => None,
     })
 }
@@ -161,7 +162,7 @@ async fn append_entries(
             let shard = route(&table, h).ok_or_else(|| ApiError::internal("No open shard covers the hash key"))?;
             if st.limits.admit_write((meta.tag, shard), e.data.len() + e.key.len()) {
                 slots.push(Slot::Accepted(batch.len()));
-                batch.push(AppendRecord { shard, partition_key: e.key.to_owned(), data: e.data.to_vec() });
+                batch.push(AppendRecord { shard, partition_key: e.key.to_owned(), data: e.data.clone() });
             } else {
                 slots.push(Slot::Throttled(shard));
             }
@@ -302,7 +303,7 @@ pub async fn put_records_fast(st: &AppState, ctx: &Ctx, body: &[u8]) -> Option<R
         if data.len() > max_record || !key_ok || !hash_ok {
             return None;
         }
-        entries.push(Entry { data: Cow::Owned(data), key: &e.key, hash: e.hash.as_deref() });
+        entries.push(Entry { data: Bytes::from(data), key: &e.key, hash: e.hash.as_deref() });
     }
     Some(put_entries(st, ctx, name, &entries, max_record).await)
 }
@@ -368,10 +369,10 @@ async fn put_checked(
 }
 
 /// One PutRecords entry given in-process (see [`crate::local`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PutEntry<'a> {
     /// The record's data.
-    pub data: &'a [u8],
+    pub data: Bytes,
     /// Its partition key.
     pub partition_key: &'a str,
     /// Its explicit hash key, if any.
@@ -423,7 +424,7 @@ pub async fn put_records_typed(
             |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
             "0|([1-9]\\d{0,38})",
         );
-        checked.push(Entry { data: Cow::Borrowed(e.data), key: e.partition_key, hash: e.explicit_hash_key });
+        checked.push(Entry { data: e.data.clone(), key: e.partition_key, hash: e.explicit_hash_key });
     }
     check.finish()?;
     let mut hashes = Vec::with_capacity(checked.len());

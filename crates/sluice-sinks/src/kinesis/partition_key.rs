@@ -101,7 +101,8 @@ impl PartitionKeySpec {
                 for part in parts {
                     match part {
                         Part::Text(t) => key.push_str(t),
-                        Part::Pointer(p) => match p.find(payload) {
+                        // Only the key matters here: stop reading the payload once it is found.
+                        Part::Pointer(p) => match p.find_early(payload) {
                             Err(_) | Ok(None) | Ok(Some(Found::Null)) => return Key::Fallback(random_key()),
                             Ok(Some(Found::Str(s))) => key.push_str(&s),
                             Ok(Some(Found::Number(text) | Found::Composite(text))) => key.push_str(text),

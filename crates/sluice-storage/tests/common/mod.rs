@@ -31,7 +31,7 @@ pub fn open(dir: &Path, segment_bytes: u64, durability: Durability) -> Store {
 }
 
 pub fn rec(shard: u32, pk: &str, data: &[u8]) -> AppendRecord {
-    AppendRecord { shard, partition_key: pk.to_string(), data: data.to_vec() }
+    AppendRecord { shard, partition_key: pk.to_string(), data: bytes::Bytes::copy_from_slice(data) }
 }
 
 /// Reads everything retained in a shard, in small batches.
