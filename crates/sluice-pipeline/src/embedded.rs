@@ -3,11 +3,12 @@
 //! records are neither base64-encoded into JSON nor parsed back. The semantics are the
 //! service's: the same checks, routing, limits and durable append as a PutRecords request.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_core::HashKeyRange;
 use sluice_core::hash::parse_hash_key;
+use sluice_core::{HashKeyRange, ShardId};
 use sluice_kinesis_api::{ApiError, LocalApi, PutEntry, PutOutcome};
 use sluice_sinks::kinesis::{CallError, CallFuture, Entry, EntryResult, KinesisBackend, ShardInfo, ShardMap};
 
@@ -15,13 +16,24 @@ use sluice_sinks::kinesis::{CallError, CallFuture, Entry, EntryResult, KinesisBa
 pub struct EmbeddedStream {
     api: LocalApi,
     stream: String,
+    /// Shard ids by index, made once (every accepted record reports one).
+    ids: Mutex<Vec<Arc<str>>>,
 }
 
 impl EmbeddedStream {
     /// A backend writing to `stream`.
     pub fn new(api: LocalApi, stream: impl Into<String>) -> EmbeddedStream {
-        EmbeddedStream { api, stream: stream.into() }
+        EmbeddedStream { api, stream: stream.into(), ids: Mutex::new(Vec::new()) }
     }
+}
+
+fn shard_name(ids: &mut Vec<Arc<str>>, shard: ShardId) -> Arc<str> {
+    let i = shard.0 as usize;
+    while ids.len() <= i {
+        let next = ShardId(ids.len() as u32).to_string();
+        ids.push(Arc::from(next));
+    }
+    ids[i].clone()
 }
 
 fn call_error(e: ApiError) -> CallError {
@@ -97,10 +109,13 @@ impl KinesisBackend for EmbeddedStream {
                 })
                 .collect();
             let outcomes = self.api.put_records(&self.stream, &puts).await.map_err(call_error)?;
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
             Ok(outcomes
                 .into_iter()
                 .map(|o| match o {
-                    PutOutcome::Accepted { shard, .. } => EntryResult::Accepted { shard_id: shard.to_string() },
+                    PutOutcome::Accepted { shard, .. } => {
+                        EntryResult::Accepted { shard_id: shard_name(&mut ids, shard) }
+                    }
                     PutOutcome::Throttled { .. } => EntryResult::Throttled,
                 })
                 .collect())

@@ -20,6 +20,9 @@ use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig,
 pub struct Spool {
     store: Store,
     tails: Arc<HashMap<String, Mutex<Tail>>>,
+    /// Per source, the newest durable ordinal, sent after the tail has it (so that woken
+    /// feeders find the events in memory rather than reading them from disk).
+    spooled: Arc<HashMap<String, tokio::sync::watch::Sender<u64>>>,
 }
 
 /// One spooled event as a sink's feeder gets it.
@@ -116,7 +119,12 @@ impl Spool {
             Ok::<(), StorageError>(())
         })?;
         let tails = sources.iter().map(|n| (n.clone(), Mutex::new(Tail::default()))).collect();
-        Ok(Spool { store, tails: Arc::new(tails) })
+        let mut spooled = HashMap::new();
+        for name in sources {
+            let next = store.shard_position(name, TAG, 0)?.next_ordinal;
+            spooled.insert(name.clone(), tokio::sync::watch::Sender::new(next.saturating_sub(1)));
+        }
+        Ok(Spool { store, tails: Arc::new(tails), spooled: Arc::new(spooled) })
     }
 
     /// Appends events in order; returns the ordinal of the last one. Durable on return.
@@ -131,7 +139,11 @@ impl Spool {
             let kept: Vec<(u64, Bytes)> = done.iter().map(|a| a.arrival_ms).zip(payloads).collect();
             tail.lock().unwrap_or_else(|p| p.into_inner()).push(first.ordinal, &kept);
         }
-        Ok(done.last().map_or(0, |a| a.ordinal))
+        let last = done.last().map_or(0, |a| a.ordinal);
+        if let Some(signal) = self.spooled.get(source) {
+            signal.send_replace(last);
+        }
+        Ok(last)
     }
 
     /// Up to `max` events from `from` (an ordinal; 1 is the first ever), and the ordinal after
@@ -171,9 +183,9 @@ impl Spool {
         Ok(records.into_iter().next().map(|r| r.partition_key).filter(|c| !c.is_empty()))
     }
 
-    /// Wakes when new events are spooled.
+    /// Wakes when new events are spooled (durable, and in the memory tail).
     pub fn watch(&self, source: &str) -> Result<tokio::sync::watch::Receiver<u64>, StorageError> {
-        self.store.watch(source, TAG, 0)
+        self.spooled.get(source).map(|s| s.subscribe()).ok_or(StorageError::NoSuchStream)
     }
 
     /// Stops the store's writer after pending appends.

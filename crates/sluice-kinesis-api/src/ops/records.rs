@@ -415,16 +415,22 @@ pub async fn put_records_typed(
     let max_record = max_record_bytes(st, Some(stream));
     let mut checked = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let prefix = format!("records.{}.member.", i + 1);
-        check.blob_size(Some(e.data.len()), &format!("{prefix}data"), max_record);
-        check.length(Some(e.partition_key), &format!("{prefix}partitionKey"), 1, 256);
-        check.pattern(
-            e.explicit_hash_key,
-            &format!("{prefix}explicitHashKey"),
-            |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
-            "0|([1-9]\\d{0,38})",
-        );
-        checked.push(Entry { data: e.data.clone(), key: e.partition_key, hash: e.explicit_hash_key });
+        let key = e.partition_key;
+        let key_ok = !key.is_empty() && (key.len() <= 256 || key.chars().count() <= 256);
+        let hash_ok = e.explicit_hash_key.is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
+        if e.data.len() > max_record || !key_ok || !hash_ok {
+            // The member paths are only formatted when something is wrong.
+            let prefix = format!("records.{}.member.", i + 1);
+            check.blob_size(Some(e.data.len()), &format!("{prefix}data"), max_record);
+            check.length(Some(key), &format!("{prefix}partitionKey"), 1, 256);
+            check.pattern(
+                e.explicit_hash_key,
+                &format!("{prefix}explicitHashKey"),
+                |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
+                "0|([1-9]\\d{0,38})",
+            );
+        }
+        checked.push(Entry { data: e.data.clone(), key, hash: e.explicit_hash_key });
     }
     check.finish()?;
     let mut hashes = Vec::with_capacity(checked.len());

@@ -145,7 +145,7 @@ impl StreamClient {
             .records()
             .iter()
             .map(|r| match (r.error_code(), r.shard_id()) {
-                (None, Some(shard)) => EntryResult::Accepted { shard_id: shard.to_owned() },
+                (None, Some(shard)) => EntryResult::Accepted { shard_id: Arc::from(shard) },
                 (None, None) => {
                     EntryResult::Failed { code: "MissingShardId".into(), message: "no shard id and no error".into() }
                 }

@@ -140,7 +140,7 @@ pub enum EntryResult {
     /// Stored on this shard.
     Accepted {
         /// Where it landed.
-        shard_id: String,
+        shard_id: Arc<str>,
     },
     /// `ProvisionedThroughputExceededException` (or a KMS throttle).
     Throttled,
@@ -250,7 +250,7 @@ pub struct Dispatcher {
     map: ShardMap,
     lanes: Vec<Lane>,
     waiting: HashMap<Arc<str>, VecDeque<Prepared>>,
-    parked: Vec<(Entry, String)>,
+    parked: Vec<(Entry, Arc<str>)>,
     held: usize,
     held_bytes: usize,
     in_flight: usize,
@@ -582,7 +582,7 @@ impl Dispatcher {
         match result {
             EntryResult::Accepted { shard_id } => {
                 self.stats.put.increment(n);
-                if e.predicted.as_deref().is_some_and(|p| p != shard_id) {
+                if e.predicted.as_deref().is_some_and(|p| p != &*shard_id) {
                     report.refresh_map = true;
                 }
                 if !e.aggregated {
@@ -906,7 +906,7 @@ mod tests {
                     world.stream.entry(sub.partition_key.clone()).or_default().push(rec.id);
                 }
             }
-            out.push(EntryResult::Accepted { shard_id: shard.id.to_string() });
+            out.push(EntryResult::Accepted { shard_id: shard.id.clone() });
         }
         Ok(out)
     }
@@ -1044,7 +1044,7 @@ mod tests {
         let later = now + Duration::from_secs(1);
         let b = d.next_batch(later, true).expect("retry");
         assert_eq!(b.entries[0].records[0].id, 1, "the failed entry goes again, not the next one");
-        let shard = b.entries[0].predicted.as_deref().expect("predicted").to_owned();
+        let shard: Arc<str> = b.entries[0].predicted.clone().expect("predicted");
         let r = d.complete(b, Ok(vec![EntryResult::Accepted { shard_id: shard.clone() }]), later);
         assert_eq!(r.delivered.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1]);
         let b = d.next_batch(later, true).expect("then the next");

@@ -1,5 +1,7 @@
 //! Choosing a record's partition key from the `partition_key` option.
 
+use std::borrow::Cow;
+
 use sluice_core::json_pointer::{Found, Pointer};
 
 /// Longest partition key Kinesis accepts, in UTF-16 units (what kinesalite counts; for keys
@@ -26,11 +28,11 @@ pub enum Part {
     Pointer(Pointer),
 }
 
-/// The key chosen for one record.
+/// The key chosen for one record (borrowed from the payload or the spec when it can be).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
+pub enum Key<'a> {
     /// As configured.
-    Chosen(String),
+    Chosen(Cow<'a, str>),
     /// The payload was not JSON or lacked a field: a random key.
     Fallback(String),
 }
@@ -92,10 +94,27 @@ impl PartitionKeySpec {
     }
 
     /// The key for a payload.
-    pub fn key_for(&self, payload: &[u8]) -> Key {
+    pub fn key_for<'a>(&'a self, payload: &'a [u8]) -> Key<'a> {
         match self {
-            PartitionKeySpec::Random => Key::Chosen(random_key()),
-            PartitionKeySpec::Fixed(k) => Key::Chosen(k.clone()),
+            PartitionKeySpec::Random => Key::Chosen(Cow::Owned(random_key())),
+            PartitionKeySpec::Fixed(k) => Key::Chosen(Cow::Borrowed(k)),
+            // The common case, a bare pointer to a short string or number: no copy.
+            PartitionKeySpec::Template(parts) if matches!(parts.as_slice(), [Part::Pointer(_)]) => {
+                let [Part::Pointer(p)] = parts.as_slice() else { unreachable!("matched above") };
+                let text: Cow<'a, str> = match p.find_early(payload) {
+                    Err(_) | Ok(None) | Ok(Some(Found::Null)) => return Key::Fallback(random_key()),
+                    Ok(Some(Found::Str(s))) => s,
+                    Ok(Some(Found::Number(text) | Found::Composite(text))) => Cow::Borrowed(text),
+                    Ok(Some(Found::Bool(b))) => Cow::Borrowed(if b { "true" } else { "false" }),
+                };
+                if text.is_empty() {
+                    Key::Fallback(random_key())
+                } else if text.len() <= MAX_KEY_UNITS {
+                    Key::Chosen(text)
+                } else {
+                    Key::Chosen(Cow::Owned(truncate(text.into_owned())))
+                }
+            }
             PartitionKeySpec::Template(parts) => {
                 let mut key = String::new();
                 for part in parts {
@@ -110,7 +129,7 @@ impl PartitionKeySpec {
                         },
                     }
                 }
-                if key.is_empty() { Key::Fallback(random_key()) } else { Key::Chosen(truncate(key)) }
+                if key.is_empty() { Key::Fallback(random_key()) } else { Key::Chosen(Cow::Owned(truncate(key))) }
             }
         }
     }
@@ -142,8 +161,11 @@ fn truncate(mut key: String) -> String {
 mod tests {
     use super::*;
 
-    fn chosen(spec: &str, payload: &str) -> Key {
-        PartitionKeySpec::parse(spec).expect("spec").key_for(payload.as_bytes())
+    fn chosen(spec: &str, payload: &str) -> Key<'static> {
+        match PartitionKeySpec::parse(spec).expect("spec").key_for(payload.as_bytes()) {
+            Key::Chosen(k) => Key::Chosen(Cow::Owned(k.into_owned())),
+            Key::Fallback(k) => Key::Fallback(k),
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the [`Dispatcher`], whose batches are sent as concurrent PutRecords calls; answers come back
 //! to the dispatcher, which acknowledges, dead-letters or retries.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +98,7 @@ async fn run(sink: KinesisSink, ctx: SinkContext) -> Result<(), FlowError> {
     let preparer = tokio::spawn(prepare(
         records,
         prep_tx,
-        Preparer { spec, compression: config.compression, stats: stats.clone() },
+        Preparer { spec, compression: config.compression, stats: stats.clone(), keys: HashMap::new() },
         out.acks.clone(),
         out.dead_letters.clone(),
     ));
@@ -332,15 +333,38 @@ struct Preparer {
     spec: Arc<PartitionKeySpec>,
     compression: Compression,
     stats: Stats,
+    /// Recent keys with their MD5 hashes: a feed has a working set of keys (racers, symbols,
+    /// devices), so most records reuse one instead of allocating and hashing it again.
+    keys: HashMap<Arc<str>, u128>,
 }
 
+/// Most keys the preparer remembers before starting over.
+const KEY_CACHE: usize = 65_536;
+
 impl Preparer {
-    fn prepare(&self, r: Record, arrived: std::time::Instant) -> Result<Prepared, (Record, &'static str, String)> {
-        let key = match self.spec.key_for(&r.payload) {
-            Key::Chosen(k) => k,
+    fn prepare(&mut self, r: Record, arrived: std::time::Instant) -> Result<Prepared, (Record, &'static str, String)> {
+        let random = matches!(self.spec.as_ref(), PartitionKeySpec::Random);
+        let (key, hash) = match self.spec.key_for(&r.payload) {
+            Key::Chosen(k) if random => {
+                let hash = sluice_core::partition_key_hash(&k);
+                (Arc::from(k.as_ref()), hash)
+            }
+            Key::Chosen(k) => match self.keys.get_key_value(k.as_ref()) {
+                Some((key, hash)) => (key.clone(), *hash),
+                None => {
+                    let key: Arc<str> = Arc::from(k.as_ref());
+                    let hash = sluice_core::partition_key_hash(&key);
+                    if self.keys.len() >= KEY_CACHE {
+                        self.keys.clear();
+                    }
+                    self.keys.insert(key.clone(), hash);
+                    (key, hash)
+                }
+            },
             Key::Fallback(k) => {
                 self.stats.key_fallback.increment(1);
-                k
+                let hash = sluice_core::partition_key_hash(&k);
+                (Arc::from(k), hash)
             }
         };
         let data = match compress(self.compression, &r.payload) {
@@ -354,23 +378,14 @@ impl Preparer {
             );
             return Err((r, "too_large", detail));
         }
-        let hash = sluice_core::partition_key_hash(&key);
-        Ok(Prepared {
-            id: r.id,
-            received_ms: r.received_ms,
-            arrived,
-            key: Arc::from(key),
-            hash,
-            data,
-            payload: r.payload,
-        })
+        Ok(Prepared { id: r.id, received_ms: r.received_ms, arrived, key, hash, data, payload: r.payload })
     }
 }
 
 async fn prepare(
     mut records: mpsc::Receiver<Record>,
     out: mpsc::Sender<Vec<Prepared>>,
-    preparer: Preparer,
+    mut preparer: Preparer,
     acks: mpsc::UnboundedSender<Ack>,
     dead_letters: DeadLetters,
 ) {
