@@ -51,6 +51,7 @@ async def seed(args):
             put += 1
             if put >= args.count or time.monotonic() > deadline:
                 break
+        args.done_at = time.monotonic()
     return put, 0
 
 
@@ -78,7 +79,8 @@ async def batched(args):
                 flush()
             if put + len(batch) >= args.count or time.monotonic() > deadline:
                 break
-    flush()
+        flush()
+        args.done_at = time.monotonic()
     return put, failed
 
 
@@ -92,8 +94,10 @@ def main():
     p.add_argument("--seconds", type=float, default=30)
     args = p.parse_args()
     start = time.monotonic()
+    args.done_at = None
     put, failed = asyncio.run(seed(args) if args.mode == "seed" else batched(args))
-    elapsed = time.monotonic() - start
+    # Up to the last put, not the WebSocket closing handshake after it.
+    elapsed = (args.done_at or time.monotonic()) - start
     print(json.dumps({"mode": args.mode, "put": put, "failed": failed, "seconds": round(elapsed, 3)}))
     sys.stdout.flush()
 

@@ -232,6 +232,9 @@ fn unix_millis() -> u64 {
 const LAP_METRES: f64 = 5_000.0;
 /// Bytes per allocation that many messages are carved from.
 const CHUNK: usize = 64 * 1024;
+/// Teams the racers ride for (racer i rides for team i mod TEAMS).
+const TEAMS: usize = 25;
+
 /// Longest message the formatter can write (seq and ts are at most 20 digits each).
 const MAX_MSG: usize = 256;
 
@@ -241,6 +244,8 @@ struct Racer {
     heart_rate: i64,
     /// Tenths of a km/h, so the JSON's one decimal is exact.
     speed_dkph: i64,
+    /// Road gradient in tenths of a percent.
+    gradient_dpct: i64,
     metres: f64,
 }
 
@@ -264,6 +269,7 @@ impl RaceGen {
                 power: 200 + range(&mut rng, 120),
                 heart_rate: 125 + range(&mut rng, 40),
                 speed_dkph: 340 + range(&mut rng, 80),
+                gradient_dpct: range(&mut rng, 60) - 20,
                 metres: range(&mut rng, 3 * LAP_METRES as i64) as f64,
             })
             .collect();
@@ -285,6 +291,7 @@ impl RaceGen {
         r.power = (r.power + range(rng, 31) - 15).clamp(80, 600);
         r.heart_rate = (r.heart_rate + range(rng, 3) - 1).clamp(95, 200);
         r.speed_dkph = (r.speed_dkph + range(rng, 11) - 5).clamp(150, 700);
+        r.gradient_dpct = (r.gradient_dpct + range(rng, 5) - 2).clamp(-80, 120);
         r.metres += r.speed_dkph as f64 / 36.0 * self.report_interval_s;
         let lap = (r.metres / LAP_METRES) as u64 + 1;
 
@@ -297,6 +304,8 @@ impl RaceGen {
         put_uint(b, seq, 1);
         b.put_slice(b",\"racer\":\"r");
         put_uint(b, idx as u64, 4);
+        b.put_slice(b"\",\"team\":\"t");
+        put_uint(b, (idx % TEAMS) as u64, 2);
         b.put_slice(b"\",\"ts\":");
         put_uint(b, ts_ms, 1);
         b.put_slice(b",\"cadence\":");
@@ -309,6 +318,13 @@ impl RaceGen {
         put_uint(b, r.speed_dkph as u64 / 10, 1);
         b.put_u8(b'.');
         b.put_u8(b'0' + (r.speed_dkph % 10) as u8);
+        b.put_slice(b",\"gradient_pct\":");
+        if r.gradient_dpct < 0 {
+            b.put_u8(b'-');
+        }
+        put_uint(b, r.gradient_dpct.unsigned_abs() / 10, 1);
+        b.put_u8(b'.');
+        b.put_u8(b'0' + (r.gradient_dpct.unsigned_abs() % 10) as u8);
         b.put_slice(b",\"lap\":");
         put_uint(b, lap, 1);
         b.put_u8(b'}');
@@ -362,7 +378,9 @@ mod tests {
                 assert!(v[field].is_u64(), "{field} in {v}");
             }
             assert!(v["speed_kph"].is_number());
-            assert!((100..=160).contains(&msg.json.len()), "{}", msg.json.len());
+            assert!(v["gradient_pct"].as_f64().is_some_and(|g| (-8.0..=12.0).contains(&g)), "{v}");
+            assert_eq!(v["team"], format!("t{:02}", ((expected_seq - 1) % 1000) % 25));
+            assert!((140..=160).contains(&msg.json.len()), "{}", msg.json.len());
         }
     }
 

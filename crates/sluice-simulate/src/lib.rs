@@ -9,7 +9,7 @@
 //! By default 1,000 racers each report once per second (1,000 msgs/s in total), round-robin:
 //!
 //! ```text
-//! {"seq":123,"racer":"r0042","ts":1795320000123,"cadence":87,"power":251,"heart_rate":142,"speed_kph":38.4,"lap":3}
+//! {"seq":123,"racer":"r0042","team":"t17","ts":1795320000123,"cadence":87,"power":251,"heart_rate":142,"speed_kph":38.4,"gradient_pct":-1.5,"lap":3}
 //! ```
 //!
 //! `seq` is global, starts at 1 and has no gaps: it is the resume cursor. The last `--history` messages
