@@ -271,8 +271,8 @@ async fn feeder(
         }
         for r in records {
             let ordinal = r.ordinal;
-            // Persist the dispatch mark before the record can reach the sink.
-            while let Err(e) = dispatched.cover(ordinal) {
+            // The dispatch mark must cover the record before it can reach the sink.
+            while let Err(e) = dispatched.cover(ordinal).await {
                 counter!("sluice_pipeline_state_errors_total", "input" => input.clone()).increment(1);
                 tracing::error!(input = %input, error = %e, "could not save the dispatch mark; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -309,6 +309,7 @@ async fn ack_collector(
 ) {
     let mut state = SinkState::load(&state_dir, &sink).unwrap_or_default();
     let mut dirty = false;
+    let mut saving: Option<JoinHandle<bool>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -336,25 +337,49 @@ async fn ack_collector(
                 counter!(label, "sink" => sink.clone()).increment(n);
             }
             _ = tick.tick() => {
-                if dirty {
-                    save(&sink, &marks, &mut state, &state_dir);
+                // One save at a time, off the async threads (it fsyncs twice); a failed one
+                // is tried again on the next tick.
+                if saving.as_ref().is_some_and(|h| h.is_finished())
+                    && let Some(h) = saving.take()
+                    && !h.await.unwrap_or(false)
+                {
+                    dirty = true;
+                }
+                if dirty && saving.is_none() {
+                    let snapshot = snapshot(&sink, &marks, &mut state);
+                    let (name, dir) = (sink.clone(), state_dir.clone());
+                    saving = Some(tokio::task::spawn_blocking(move || persist(&name, &snapshot, &dir)));
                     dirty = false;
                 }
             }
         }
     }
-    save(&sink, &marks, &mut state, &state_dir);
+    if let Some(h) = saving.take() {
+        let _ = h.await;
+    }
+    let snapshot = snapshot(&sink, &marks, &mut state);
+    let _ = tokio::task::spawn_blocking(move || persist(&sink, &snapshot, &state_dir)).await;
 }
 
-fn save(sink: &str, marks: &[Mark], state: &mut SinkState, dir: &Path) {
+/// The state to save now (and the watermark gauges).
+fn snapshot(sink: &str, marks: &[Mark], state: &mut SinkState) -> SinkState {
     for m in marks {
         state.watermarks.insert(m.input.clone(), m.watermark.done);
         gauge!("sluice_pipeline_watermark", "sink" => sink.to_owned(), "input" => m.input.clone())
             .set(m.watermark.done as f64);
     }
-    if let Err(e) = state.save(dir, sink) {
-        counter!("sluice_pipeline_state_errors_total", "sink" => sink.to_owned()).increment(1);
-        tracing::error!(sink, error = %e, "could not save the sink's watermark; will retry");
+    state.clone()
+}
+
+/// Saves a sink's state; false (counted and logged) if it could not.
+fn persist(sink: &str, state: &SinkState, dir: &Path) -> bool {
+    match state.save(dir, sink) {
+        Ok(()) => true,
+        Err(e) => {
+            counter!("sluice_pipeline_state_errors_total", "sink" => sink.to_owned()).increment(1);
+            tracing::error!(sink, error = %e, "could not save the sink's watermark; will retry");
+            false
+        }
     }
 }
 

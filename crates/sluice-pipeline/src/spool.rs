@@ -240,10 +240,15 @@ pub const DISPATCH_WINDOW: u64 = 16_384;
 /// *before* records beyond it are handed out. After a crash, every record between the
 /// watermark and this mark may reach the sink a second time, so it bounds (from above) what
 /// is counted as redelivered.
+///
+/// The next reservation is saved in the background half a window ahead of need, so a feeder
+/// that keeps up never waits for the fsync (which can take hundreds of milliseconds on a busy
+/// disk).
 pub struct DispatchMark {
     path: PathBuf,
     /// Records up to this ordinal may have been handed out.
     pub reserved: u64,
+    saving: Option<(u64, tokio::task::JoinHandle<std::io::Result<()>>)>,
 }
 
 impl DispatchMark {
@@ -251,29 +256,50 @@ impl DispatchMark {
     pub fn load(dir: &Path, sink: &str, input: &str) -> DispatchMark {
         let path = dir.join(format!("{sink}.{input}.dispatched"));
         let reserved = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        DispatchMark { path, reserved }
+        DispatchMark { path, reserved, saving: None }
     }
 
-    /// Makes sure `ordinal` is covered, saving a new reservation (atomically) if it is not.
-    pub fn cover(&mut self, ordinal: u64) -> std::io::Result<()> {
-        if ordinal <= self.reserved {
-            return Ok(());
+    /// Makes sure `ordinal` is covered by a saved reservation; waits only when the background
+    /// save has not finished yet. An error leaves the mark as it was (the caller retries).
+    pub async fn cover(&mut self, ordinal: u64) -> std::io::Result<()> {
+        loop {
+            if self.saving.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+                self.finish_save().await?;
+            }
+            if ordinal + DISPATCH_WINDOW / 2 <= self.reserved {
+                return Ok(());
+            }
+            if self.saving.is_none() {
+                let target = ordinal + DISPATCH_WINDOW;
+                let path = self.path.clone();
+                self.saving = Some((target, tokio::task::spawn_blocking(move || save_reservation(&path, target))));
+            }
+            if ordinal <= self.reserved {
+                return Ok(());
+            }
+            self.finish_save().await?;
         }
-        let next = ordinal + DISPATCH_WINDOW;
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("dispatched.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(next.to_string().as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        self.reserved = next;
+    }
+
+    async fn finish_save(&mut self) -> std::io::Result<()> {
+        let Some((target, handle)) = self.saving.take() else { return Ok(()) };
+        handle.await.map_err(std::io::Error::other)??;
+        self.reserved = self.reserved.max(target);
         Ok(())
     }
+}
+
+/// Writes a reservation atomically: temporary file, fsync, rename.
+fn save_reservation(path: &Path, value: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("dispatched.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(value.to_string().as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Turns out-of-order acknowledgements into a contiguous watermark.
@@ -318,15 +344,22 @@ impl Watermark {
 mod tests {
     use super::*;
 
-    #[test]
-    fn dispatch_mark_is_saved_ahead_of_use() {
+    #[tokio::test]
+    async fn dispatch_mark_is_saved_ahead_of_use() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut m = DispatchMark::load(dir.path(), "out", "feed");
         assert_eq!(m.reserved, 0);
-        m.cover(5).expect("cover");
-        assert_eq!(m.reserved, 5 + DISPATCH_WINDOW);
-        m.cover(6).expect("cover");
+        m.cover(5).await.expect("cover");
+        assert_eq!(m.reserved, 5 + DISPATCH_WINDOW, "nothing was reserved: the first record waits");
+        m.cover(6).await.expect("cover");
         assert_eq!(DispatchMark::load(dir.path(), "out", "feed").reserved, 5 + DISPATCH_WINDOW);
+        // Half a window before the end, the next reservation is saved in the background.
+        let half = 5 + DISPATCH_WINDOW / 2 + 1;
+        m.cover(half).await.expect("cover");
+        assert!(half <= m.reserved);
+        m.cover(5 + DISPATCH_WINDOW + 1).await.expect("cover");
+        assert_eq!(m.reserved, half + DISPATCH_WINDOW, "the background reservation covers it");
+        assert!(DispatchMark::load(dir.path(), "out", "feed").reserved > 5 + DISPATCH_WINDOW);
     }
 
     #[test]
