@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,7 @@ class Contestant:
     def __init__(self, name, args, serve_endpoint, work, extra="", via_http=True):
         self.name, self.args, self.serve_endpoint, self.work = name, args, serve_endpoint, work
         self.extra, self.via_http = extra, via_http
+        self.slow_fsyncs = None
 
     def run(self, ws_url, stream, count, seconds, read_back=False):
         """Runs until `count` events are delivered or `seconds` pass; returns
@@ -178,12 +180,14 @@ class Contestant:
                         body = json.load(r)
                     delivered = body["pipeline"]["sinks"]["stream"]["delivered"]
                 elapsed = time.monotonic() - t0
+                self.slow_fsyncs = slow_fsyncs(m.group(1) + "/metrics")
                 records = None
                 if read_back:
                     endpoint = self.serve_endpoint if self.via_http else embedded_url(proc)
                     records = read_stream(kinesis(endpoint), stream)
             finally:
                 stop(proc)
+                shutil.rmtree(d, ignore_errors=True)
             return delivered, elapsed, peak, records
         kinesis(self.serve_endpoint).create_stream(StreamName=stream, ShardCount=4)
         mode = "seed" if self.name.startswith("Python, one") else "batched"
@@ -196,6 +200,23 @@ class Contestant:
         out = json.loads(proc.stdout.read().strip().splitlines()[-1])
         records = read_stream(kinesis(self.serve_endpoint), stream) if read_back else None
         return out["put"], out["seconds"], peak, records
+
+
+def slow_fsyncs(metrics_url, over="0.05"):
+    """How many fsyncs took longer than `over` seconds in this process (its spool and, when
+    embedded, its stream): the disk's stalls, which no pipeline can hide from latency."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    total = under = 0
+    for line in text.splitlines():
+        if line.startswith('sluice_fsync_seconds_bucket{le="+Inf"}'):
+            total = float(line.split()[-1])
+        elif line.startswith(f'sluice_fsync_seconds_bucket{{le="{over}"}}'):
+            under = float(line.split()[-1])
+    return int(total - under)
 
 
 def embedded_url(proc):
@@ -262,20 +283,22 @@ def main():
             finally:
                 stop(sim)
             lat = latencies(records or [])
+            stalls = "" if c.slow_fsyncs is None else f"{c.slow_fsyncs}"
             rows.append((c.name, rate, delivered, elapsed, percentile(lat, 0.5), percentile(lat, 0.99), len(lat), n,
-                         max(peak, peak2)))
+                         max(peak, peak2), stalls))
             print(f"# {c.name}: {rate:,.0f} events/s; latency p50 {percentile(lat, 0.5):.1f} ms "
                   f"p99 {percentile(lat, 0.99):.1f} ms ({len(lat)}/{n} at {args.rate}/s)", file=sys.stderr)
     finally:
         stop(serve)
+        shutil.rmtree(work, ignore_errors=True)
     base = next((r[1] for r in rows if r[0].startswith("Python, batched")), 0) or float("nan")
     print("| contestant | events/s (fast provider) | vs batched Python | p50 ms @ %d/s | p99 ms @ %d/s "
-          "| events measured @ %d/s (%.0fs, first 2s excluded) | peak RSS MiB |"
+          "| events measured @ %d/s (%.0fs, first 2s excluded) | fsyncs > 50 ms during it | peak RSS MiB |"
           % (args.rate, args.rate, args.rate, args.seconds))
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, rate, delivered, elapsed, p50, p99, got, n, peak in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rate, delivered, elapsed, p50, p99, got, n, peak, stalls in rows:
         print(f"| {name} | {rate:,.0f} ({delivered:,} in {elapsed:.1f}s) | {rate / base:.1f}x | {p50:.1f} | {p99:.1f} "
-              f"| {got:,}/{n:,} | {peak:.0f} |")
+              f"| {got:,}/{n:,} | {stalls} | {peak:.0f} |")
 
 
 if __name__ == "__main__":
