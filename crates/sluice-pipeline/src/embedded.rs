@@ -4,7 +4,6 @@
 //! service's: the same checks, routing, limits and durable append as a PutRecords request.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde_json::json;
 use sluice_core::hash::parse_hash_key;
@@ -41,32 +40,29 @@ fn call_error(e: ApiError) -> CallError {
 }
 
 impl KinesisBackend for EmbeddedStream {
-    fn ensure_stream(&self, create: bool, shards: u32) -> CallFuture<'_, ()> {
+    fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    fn create_stream(&self, shards: u32) -> CallFuture<'_, bool> {
         Box::pin(async move {
-            if create {
-                let request = json!({"StreamName": self.stream, "ShardCount": shards});
-                match self.api.call("CreateStream", &request).await {
-                    Ok(_) => tracing::info!(stream = %self.stream, shards, "created the stream"),
-                    Err(e) if e.kind == "ResourceInUseException" => {}
-                    Err(e) => return Err(call_error(e)),
-                }
+            let request = json!({"StreamName": self.stream, "ShardCount": shards});
+            match self.api.call("CreateStream", &request).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind == "ResourceInUseException" => Ok(false),
+                Err(e) => Err(call_error(e)),
             }
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-            loop {
-                let summary = self
-                    .api
-                    .call("DescribeStreamSummary", &json!({"StreamName": self.stream}))
-                    .await
-                    .map_err(call_error)?;
-                let status = summary["StreamDescriptionSummary"]["StreamStatus"].as_str().unwrap_or("").to_owned();
-                if status == "ACTIVE" || status == "UPDATING" {
-                    return Ok(());
-                }
-                if tokio::time::Instant::now() > deadline {
-                    return Err(CallError::Transient(format!("stream {} is still {status}", self.stream)));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        })
+    }
+
+    fn stream_status(&self) -> CallFuture<'_, String> {
+        Box::pin(async move {
+            let summary = self
+                .api
+                .call("DescribeStreamSummary", &json!({"StreamName": self.stream}))
+                .await
+                .map_err(call_error)?;
+            Ok(summary["StreamDescriptionSummary"]["StreamStatus"].as_str().unwrap_or("").to_owned())
         })
     }
 

@@ -54,13 +54,41 @@ fn read_put_entry<'r>(
 ) -> Result<Option<Entry<'r>>, ApiError> {
     if let (Some(data), Some(key)) = (f.blob("Data")?, f.str("PartitionKey")?) {
         let hash = f.str("ExplicitHashKey")?;
-        let key_ok = !key.is_empty() && (key.len() <= 256 || key.chars().count() <= 256);
-        let hash_ok = hash.is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
-        if data.len() <= max_record && key_ok && hash_ok {
+        if entry_ok(data.len(), key, hash, max_record) {
             return Ok(Some(Entry { data: Bytes::from(data.into_owned()), key, hash }));
         }
     }
     read_entry(f, check, &format!("records.{}.member.", index + 1), max_record)
+}
+
+/// Whether an entry passes its member constraints (the cheap test of the common case; the
+/// exact messages come from [`check_entry`]).
+fn entry_ok(data_len: usize, key: &str, hash: Option<&str>, max_record: usize) -> bool {
+    let key_ok = !key.is_empty() && (key.len() <= 256 || key.chars().count() <= 256);
+    let hash_ok = hash.is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
+    data_len <= max_record && key_ok && hash_ok
+}
+
+/// Records the member constraint violations of one entry (missing members included), in the
+/// service's order; `prefix` is the member path prefix (`` or `records.3.member.`).
+fn check_entry(
+    check: &mut Checker,
+    prefix: &str,
+    data_len: Option<usize>,
+    key: Option<&str>,
+    hash: Option<&str>,
+    max_record: usize,
+) {
+    let data_len = check.required(data_len, &format!("{prefix}data"));
+    check.blob_size(data_len, &format!("{prefix}data"), max_record);
+    let key = check.required(key, &format!("{prefix}partitionKey"));
+    check.length(key, &format!("{prefix}partitionKey"), 1, 256);
+    check.pattern(
+        hash,
+        &format!("{prefix}explicitHashKey"),
+        |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
+        "0|([1-9]\\d{0,38})",
+    );
 }
 
 /// Reads and checks one `{Data, PartitionKey, ExplicitHashKey}` entry; `prefix` is the member
@@ -71,17 +99,10 @@ fn read_entry<'r>(
     prefix: &str,
     max_record: usize,
 ) -> Result<Option<Entry<'r>>, ApiError> {
-    let data = check.required(f.blob("Data")?, &format!("{prefix}data"));
-    check.blob_size(data.as_ref().map(|d| d.len()), &format!("{prefix}data"), max_record);
-    let key = check.required(f.str("PartitionKey")?, &format!("{prefix}partitionKey"));
-    check.length(key, &format!("{prefix}partitionKey"), 1, 256);
+    let data = f.blob("Data")?;
+    let key = f.str("PartitionKey")?;
     let hash = f.str("ExplicitHashKey")?;
-    check.pattern(
-        hash,
-        &format!("{prefix}explicitHashKey"),
-        |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
-        "0|([1-9]\\d{0,38})",
-    );
+    check_entry(check, prefix, data.as_ref().map(|d| d.len()), key, hash, max_record);
     Ok(match (data, key) {
         (Some(data), Some(key)) => Some(Entry { data: Bytes::from(data.into_owned()), key, hash }),
         _ => None,
@@ -298,9 +319,7 @@ pub async fn put_records_fast(st: &AppState, ctx: &Ctx, body: &[u8]) -> Option<R
     for e in &req.records {
         use base64::Engine;
         let data = base64::engine::general_purpose::STANDARD.decode(e.data.as_bytes()).ok()?;
-        let key_ok = !e.key.is_empty() && (e.key.len() <= 256 || e.key.chars().count() <= 256);
-        let hash_ok = e.hash.as_deref().is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
-        if data.len() > max_record || !key_ok || !hash_ok {
+        if !entry_ok(data.len(), &e.key, e.hash.as_deref(), max_record) {
             return None;
         }
         entries.push(Entry { data: Bytes::from(data), key: &e.key, hash: e.hash.as_deref() });
@@ -415,22 +434,19 @@ pub async fn put_records_typed(
     let max_record = max_record_bytes(st, Some(stream));
     let mut checked = Vec::with_capacity(entries.len());
     for (i, e) in entries.iter().enumerate() {
-        let key = e.partition_key;
-        let key_ok = !key.is_empty() && (key.len() <= 256 || key.chars().count() <= 256);
-        let hash_ok = e.explicit_hash_key.is_none_or(|h| parse_hash_key(h) != Err(HashKeyError::Syntax));
-        if e.data.len() > max_record || !key_ok || !hash_ok {
+        let (key, hash) = (e.partition_key, e.explicit_hash_key);
+        if !entry_ok(e.data.len(), key, hash, max_record) {
             // The member paths are only formatted when something is wrong.
-            let prefix = format!("records.{}.member.", i + 1);
-            check.blob_size(Some(e.data.len()), &format!("{prefix}data"), max_record);
-            check.length(Some(key), &format!("{prefix}partitionKey"), 1, 256);
-            check.pattern(
-                e.explicit_hash_key,
-                &format!("{prefix}explicitHashKey"),
-                |h| parse_hash_key(h) != Err(HashKeyError::Syntax),
-                "0|([1-9]\\d{0,38})",
+            check_entry(
+                &mut check,
+                &format!("records.{}.member.", i + 1),
+                Some(e.data.len()),
+                Some(key),
+                hash,
+                max_record,
             );
         }
-        checked.push(Entry { data: e.data.clone(), key, hash: e.explicit_hash_key });
+        checked.push(Entry { data: e.data.clone(), key, hash });
     }
     check.finish()?;
     let mut hashes = Vec::with_capacity(checked.len());

@@ -11,7 +11,7 @@ use aws_sdk_kinesis::config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use sluice_core::HashKeyRange;
 use sluice_core::hash::parse_hash_key;
 
@@ -62,35 +62,22 @@ impl StreamClient {
         }
     }
 
-    /// Creates the stream if `create` and it does not exist, and waits until it is ACTIVE.
-    pub async fn ensure_stream(&self, create: bool, shards: u32) -> Result<(), CallError> {
-        if create {
-            let created =
-                self.client.create_stream().stream_name(self.stream.as_ref()).shard_count(shards as i32).send().await;
-            match created {
-                Ok(_) => tracing::info!(stream = %self.stream, shards, "created the stream"),
-                Err(e) if code_of(&e) == Some("ResourceInUseException") => {}
-                Err(e) => return Err(classify(e)),
-            }
+    /// CreateStream; false when it exists already.
+    pub async fn create_stream(&self, shards: u32) -> Result<bool, CallError> {
+        let created =
+            self.client.create_stream().stream_name(self.stream.as_ref()).shard_count(shards as i32).send().await;
+        match created {
+            Ok(_) => Ok(true),
+            Err(e) if code_of(&e) == Some("ResourceInUseException") => Ok(false),
+            Err(e) => Err(classify(e)),
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            let out = self
-                .client
-                .describe_stream_summary()
-                .stream_name(self.stream.as_ref())
-                .send()
-                .await
-                .map_err(classify)?;
-            let status = out.stream_description_summary().map(|s| s.stream_status().clone());
-            if matches!(status, Some(StreamStatus::Active) | Some(StreamStatus::Updating)) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(CallError::Transient(format!("stream {} is still {status:?}", self.stream)));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    }
+
+    /// The stream's status (DescribeStreamSummary), e.g. `ACTIVE`.
+    pub async fn stream_status(&self) -> Result<String, CallError> {
+        let out =
+            self.client.describe_stream_summary().stream_name(self.stream.as_ref()).send().await.map_err(classify)?;
+        Ok(out.stream_description_summary().map(|s| s.stream_status().as_str().to_owned()).unwrap_or_default())
     }
 
     /// All shards of the stream (ListShards, every page).
@@ -187,8 +174,16 @@ where
 }
 
 impl KinesisBackend for StreamClient {
-    fn ensure_stream(&self, create: bool, shards: u32) -> CallFuture<'_, ()> {
-        Box::pin(StreamClient::ensure_stream(self, create, shards))
+    fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    fn create_stream(&self, shards: u32) -> CallFuture<'_, bool> {
+        Box::pin(StreamClient::create_stream(self, shards))
+    }
+
+    fn stream_status(&self) -> CallFuture<'_, String> {
+        Box::pin(StreamClient::stream_status(self))
     }
 
     fn shard_map(&self) -> CallFuture<'_, ShardMap> {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::backend::KinesisBackend;
+use super::backend::{KinesisBackend, ensure_stream};
 use super::client::StreamClient;
 use super::config::{Compression, KinesisConfig, MAX_RECORD_BYTES, Ordering};
 use super::dispatch::{Batch, CallError, Dispatcher, EntryResult, Prepared, Report, Settings};
@@ -123,7 +123,7 @@ async fn run(sink: KinesisSink, ctx: SinkContext) -> Result<(), FlowError> {
             tokio::spawn(async move {
                 let result = async {
                     if ensure {
-                        client.ensure_stream(create, shards).await?;
+                        ensure_stream(client.as_ref(), create, shards).await?;
                     }
                     client.shard_map().await
                 }
@@ -219,7 +219,7 @@ async fn setup(name: &str, client: &dyn KinesisBackend, config: &KinesisConfig) 
     let mut attempt = 0u32;
     loop {
         let result = async {
-            client.ensure_stream(config.create_stream, config.shards).await?;
+            ensure_stream(client, config.create_stream, config.shards).await?;
             client.shard_map().await
         }
         .await;
