@@ -12,6 +12,7 @@
 //! nothing unacknowledged is ever skipped. Anything that cannot be used is written to a
 //! [`DeadLetters`] file and counted; nothing is dropped silently.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,6 +71,71 @@ pub struct SourceContext {
     pub dead_letters: DeadLetters,
     /// Becomes true when the pipeline stops.
     pub shutdown: watch::Receiver<bool>,
+    /// The source's alarms (silence, no connection, …); the pipeline's `/health` shows them
+    /// and answers 503 while any is raised.
+    pub alarms: Alarms,
+    /// The newest events already spooled for this source, for state that must survive a
+    /// restart (a de-duplication window). `None` where there is no spool (tests).
+    pub history: Option<Arc<dyn SpooledHistory>>,
+}
+
+/// Read access to what a source already spooled.
+pub trait SpooledHistory: Send + Sync {
+    /// Up to `max` of the newest spooled events that were received at or after `since_ms`
+    /// (epoch ms), oldest first, as `(received_ms, payload)`. Blocking (reads the disk).
+    fn recent(&self, max: usize, since_ms: u64) -> Vec<(u64, Bytes)>;
+}
+
+/// One raised alarm.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Alarm {
+    /// When it was raised, epoch ms.
+    pub since_ms: u64,
+    /// What an operator should know (no secrets).
+    pub detail: String,
+}
+
+/// The alarms one component has raised, by name (`silence`, `no_connection`, `spool_full`).
+/// Cheap to clone; every clone sees the same board.
+#[derive(Debug, Clone, Default)]
+pub struct Alarms {
+    inner: Arc<Mutex<BTreeMap<String, Alarm>>>,
+}
+
+impl Alarms {
+    fn board(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Alarm>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Raises `alarm` (keeping the original time if it is already up); true if it was not up.
+    pub fn raise(&self, alarm: &str, detail: impl Into<String>) -> bool {
+        let mut board = self.board();
+        match board.get_mut(alarm) {
+            Some(a) => {
+                a.detail = detail.into();
+                false
+            }
+            None => {
+                board.insert(alarm.to_owned(), Alarm { since_ms: now_ms(), detail: detail.into() });
+                true
+            }
+        }
+    }
+
+    /// Clears `alarm`; true if it was up.
+    pub fn clear(&self, alarm: &str) -> bool {
+        self.board().remove(alarm).is_some()
+    }
+
+    /// Whether `alarm` is up.
+    pub fn is_raised(&self, alarm: &str) -> bool {
+        self.board().contains_key(alarm)
+    }
+
+    /// Every raised alarm.
+    pub fn snapshot(&self) -> BTreeMap<String, Alarm> {
+        self.board().clone()
+    }
 }
 
 /// A connection to a provider (WebSocket, SSE, streaming HTTP …).
@@ -212,5 +278,18 @@ mod tests {
         assert_eq!(lines[0]["reason"], "invalid_json");
         assert_eq!(lines[0]["payload_base64"], "/3tvb3Bz");
         assert_eq!(lines[1]["component"], "feed");
+    }
+
+    #[test]
+    fn alarms_raise_once_and_clear() {
+        let a = Alarms::default();
+        let b = a.clone();
+        assert!(a.raise("silence", "no data for 2s"));
+        assert!(!b.raise("silence", "no data for 3s"));
+        assert_eq!(b.snapshot()["silence"].detail, "no data for 3s");
+        assert!(a.is_raised("silence"));
+        assert!(b.clear("silence"));
+        assert!(!a.clear("silence"));
+        assert!(a.snapshot().is_empty());
     }
 }

@@ -126,6 +126,8 @@ pub fn start(
             events: tx,
             dead_letters: DeadLetters::new(&dead_dir, &name),
             shutdown: shutdown_rx.clone(),
+            alarms: sluice_flow::Alarms::default(),
+            history: None,
         };
         let source_name = name.clone();
         tasks.push(tokio::spawn(async move {

@@ -203,7 +203,7 @@ pub(crate) async fn run<T: Transport>(
     settings: Settings,
     ctx: SourceContext,
 ) -> Result<(), FlowError> {
-    let SourceContext { name, resume_cursor, events, dead_letters, shutdown } = ctx;
+    let SourceContext { name, resume_cursor, events, dead_letters, shutdown, .. } = ctx;
     if *shutdown.borrow() {
         return Ok(());
     }

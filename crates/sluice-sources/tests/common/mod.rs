@@ -108,6 +108,8 @@ pub fn start(name: &str, source: Box<dyn Source>, resume_cursor: Option<&str>, c
         events: tx,
         dead_letters: DeadLetters::new(dir.path(), name),
         shutdown: shutdown_rx,
+        alarms: sluice_flow::Alarms::default(),
+        history: None,
     };
     let task = tokio::spawn(source.run(ctx));
     Run { events: rx, shutdown: shutdown_tx, task: Some(task), dir, name: name.to_owned() }
