@@ -5,6 +5,7 @@
 //! aggregates, JSON pointers into raw messages — and
 //! deliberately does no I/O.
 
+pub mod duration;
 pub mod eventstream;
 pub mod hash;
 pub mod iterator;
