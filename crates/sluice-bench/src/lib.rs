@@ -55,8 +55,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
 
-    /// How long each workload runs: `10`, `10s`, `500ms`, `2m`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// How long each workload runs: `10s`, `500ms`, `2m`, `1m 30s` (a bare number is seconds).
+    #[arg(long, default_value = "10s", value_parser = sluice_core::duration::parse)]
     pub duration: Duration,
 
     /// Which workload(s) to run; `all` runs put-500x100, put-50x1k, then get.
@@ -90,7 +90,7 @@ pub struct BenchArgs {
     pub get_min_records: u64,
 
     /// Per-request timeout.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = sluice_core::duration::parse)]
     pub timeout: Duration,
 
     /// Allow an endpoint that is not a loopback address.
@@ -278,25 +278,6 @@ fn parse_endpoint(endpoint: &str, allow_remote: bool) -> anyhow::Result<Uri> {
     // Kinesis is served at "/"; normalise so every request targets it.
     let authority = uri.authority().context("--endpoint has no authority")?;
     Ok(Uri::builder().scheme("http").authority(authority.as_str()).path_and_query("/").build()?)
-}
-
-/// Parses `10`, `10s`, `1.5s`, `500ms`, `2m` into a duration.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| format!("invalid duration {s:?} (try 10s, 500ms, 2m)"))?;
-    if !v.is_finite() || v < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
-    }
-    Duration::try_from_secs_f64(v * mult).map_err(|e| e.to_string())
 }
 
 /// Makes sure the stream exists and is ACTIVE; returns its shard ids.
@@ -845,14 +826,12 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn duration_flags_use_the_core_grammar() {
+        let cli = Cli::try_parse_from(["x", "--duration", "1m 30s", "--timeout", "2.5"]).unwrap();
+        assert_eq!(cli.args.duration, Duration::from_secs(90));
+        assert_eq!(cli.args.timeout, Duration::from_millis(2500));
+        let err = Cli::try_parse_from(["x", "--duration", "soon"]).err().unwrap().to_string();
+        assert!(err.contains(r#"invalid duration "soon""#), "{err}");
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct SimulateArgs {
     pub history: usize,
 
     /// Cut every feed connection this long after it starts (e.g. `2s`, `500ms`).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = sluice_core::duration::parse)]
     pub cut_every: Option<Duration>,
 
     /// How connections are cut: a close frame / end of body, a dropped TCP connection, or alternating.
@@ -46,11 +46,11 @@ pub struct SimulateArgs {
     pub cut_mode: CutMode,
 
     /// Every DURATION of a connection's life, stop sending to it (keeping it open) for --stall-for.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "stall_for")]
+    #[arg(long, value_name = "DURATION", value_parser = sluice_core::duration::parse, requires = "stall_for")]
     pub stall_every: Option<Duration>,
 
     /// How long each stall lasts.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "stall_every")]
+    #[arg(long, value_name = "DURATION", value_parser = sluice_core::duration::parse, requires = "stall_every")]
     pub stall_for: Option<Duration>,
 
     /// Make every Nth frame of a connection something that is not JSON (N >= 2).
@@ -230,22 +230,6 @@ impl ConnOptions {
     }
 }
 
-/// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 2s or 1m"))?;
-    let seconds = match unit.trim() {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" | "min" => number * 60.0,
-        "h" => number * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?}; use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a usable duration"))
-}
-
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
@@ -265,14 +249,14 @@ mod tests {
     }
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
-        assert_eq!(parse_duration("4"), Ok(Duration::from_secs(4)));
-        assert!(parse_duration("2 parsecs").is_err());
-        assert!(parse_duration("s").is_err());
+    fn duration_flags_use_the_core_grammar() {
+        let cli =
+            Cli::try_parse_from(["x", "--cut-every", "1m 30s", "--stall-every", "4", "--stall-for", "250ms"]).unwrap();
+        assert_eq!(cli.args.cut_every, Some(Duration::from_secs(90)));
+        assert_eq!(cli.args.stall_every, Some(Duration::from_secs(4)));
+        assert_eq!(cli.args.stall_for, Some(Duration::from_millis(250)));
+        let err = Cli::try_parse_from(["x", "--cut-every", "2 parsecs"]).err().unwrap().to_string();
+        assert!(err.contains(r#"invalid duration "2 parsecs""#), "{err}");
     }
 
     #[test]

@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-pub use config::{CutMode, SimConfig, SimulateArgs, parse_duration};
+pub use config::{CutMode, SimConfig, SimulateArgs};
 pub use server::Simulator;
 pub use stats::SimStats;
 

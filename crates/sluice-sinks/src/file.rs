@@ -60,7 +60,7 @@ pub struct FileConfig {
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
     /// Start a new file once the current one is this old, e.g. `"15m"`. Default `"1h"`.
-    #[serde(default = "default_max_age", with = "crate::duration")]
+    #[serde(default = "default_max_age", with = "sluice_core::duration")]
     pub max_age: Duration,
 }
 

@@ -20,7 +20,6 @@ use std::path::Path;
 use serde::Deserialize;
 use sluice_flow::{FlowError, Sink};
 
-mod duration;
 pub mod file;
 pub mod kinesis;
 mod line;

@@ -251,7 +251,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let cut = sluice_simulate::parse_duration(&args.cut_every).map_err(|e| anyhow::anyhow!("--cut-every: {e}"))?;
+    let cut = sluice_core::duration::parse(&args.cut_every).map_err(|e| anyhow::anyhow!("--cut-every: {e}"))?;
     let sim_cfg = sluice_simulate::SimConfig {
         racers: args.racers,
         cut_every: (!cut.is_zero()).then_some(cut),

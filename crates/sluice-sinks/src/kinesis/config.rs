@@ -52,7 +52,7 @@ pub struct KinesisConfig {
     #[serde(default = "default_shards")]
     pub shards: u32,
     /// How long a record may wait for more to fill a batch. Default `"50ms"`.
-    #[serde(default = "default_linger", with = "crate::duration")]
+    #[serde(default = "default_linger", with = "sluice_core::duration")]
     pub linger: Duration,
     /// Most Kinesis records per PutRecords call, 1..=500. Default 500.
     #[serde(default = "default_max_batch_records")]
@@ -89,7 +89,7 @@ pub struct KinesisConfig {
     #[serde(default = "default_true")]
     pub rate_limit: bool,
     /// Time limit of one API call (connecting included). Default `"30s"`.
-    #[serde(default = "default_request_timeout", with = "crate::duration")]
+    #[serde(default = "default_request_timeout", with = "sluice_core::duration")]
     pub request_timeout: Duration,
 }
 
@@ -99,10 +99,10 @@ pub struct KinesisConfig {
 #[serde(deny_unknown_fields)]
 pub struct RetryBackoff {
     /// First delay. Default `"100ms"`.
-    #[serde(default = "default_backoff_base", with = "crate::duration")]
+    #[serde(default = "default_backoff_base", with = "sluice_core::duration")]
     pub base: Duration,
     /// Longest delay. Default `"10s"`.
-    #[serde(default = "default_backoff_max", with = "crate::duration")]
+    #[serde(default = "default_backoff_max", with = "sluice_core::duration")]
     pub max: Duration,
 }
 
