@@ -299,6 +299,16 @@ class SluiceRun(Process):
         assert r.status_code == 200, f"/health answered {r.status_code}: {r.text[:300]}"
         return r.json()
 
+    def health_response(self) -> tuple[int, dict | None]:
+        """GET /health without judging it: (HTTP status, JSON body or None). /health answers
+        503 while an alarm is up, which `health()` treats as a failure."""
+        r = requests.get(self.metrics_url + "/health", timeout=5)
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        return r.status_code, body
+
     def sink(self, name: str) -> dict:
         return self.health()["pipeline"]["sinks"][name]
 

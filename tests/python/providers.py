@@ -44,13 +44,21 @@ START_TIMEOUT = 10.0
 
 class Feed:
     """Messages 1..total, released at `rate` per second (None: all at once) from the first
-    connection on."""
+    connection on.
 
-    def __init__(self, total: int, rate: float | None = None, racers: int = 10, pad: int = 0):
+    `stall=(after_seq, seconds)` pauses the whole feed once: after `after_seq` is released
+    nothing more is released (on any connection) for `seconds`, then the feed continues at
+    `rate` (needs a rate). `stall_window()` says when that pause starts and ends."""
+
+    def __init__(self, total: int, rate: float | None = None, racers: int = 10, pad: int = 0,
+                 stall: tuple[int, float] | None = None):
         self.total = total
         self.rate = rate
         self.racers = racers
         self.pad = pad
+        self.stall = stall
+        if stall is not None and not rate:
+            raise ValueError("a feed stall needs a rate")
         self.t0: float | None = None
 
     def start_clock(self):
@@ -63,7 +71,29 @@ class Feed:
             return 0
         if self.rate is None:
             return self.total
-        return min(self.total, int((time.monotonic() - self.t0) * self.rate))
+        elapsed = time.monotonic() - self.t0
+        if self.stall is not None:
+            after_seq, seconds = self.stall
+            stall_at = after_seq / self.rate
+            if elapsed >= stall_at:
+                elapsed = max(stall_at, elapsed - seconds)
+        return min(self.total, int(elapsed * self.rate + 1e-9))
+
+    def stall_window(self) -> tuple[float, float] | None:
+        """(start, end) of the feed's stall on the time.monotonic() clock, once the clock runs."""
+        if self.stall is None or self.t0 is None:
+            return None
+        start = self.t0 + self.stall[0] / self.rate
+        return start, start + self.stall[1]
+
+    def release_time(self, seq: int) -> float | None:
+        """When `seq` is (or was) released, on the time.monotonic() clock."""
+        if self.t0 is None or not self.rate:
+            return self.t0
+        at = seq / self.rate
+        if self.stall is not None and seq > self.stall[0]:
+            at += self.stall[1]
+        return self.t0 + at
 
     def racer(self, seq: int) -> str:
         return f"r{seq % self.racers}"
@@ -101,6 +131,15 @@ class Conn:
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
     headers: dict = field(default_factory=dict)
+    cut_at: float | None = None  # when the provider began cutting it (close / abort / stall)
+    replay_lost: int = 0  # seqs asked for by `after` but older than the replay window
+    first_sent_at: float | None = None  # broadcast feeds: when its first message was sent
+    cutting: bool = False  # broadcast feeds: no longer counts as a live copy
+    marks: list = field(default_factory=list)  # broadcast feeds: (time, last_seq) per batch
+
+    @property
+    def ended_at(self) -> float | None:
+        return None if self.ended == "open" else self.started + self.duration
 
 
 class _Provider:
@@ -110,8 +149,11 @@ class _Provider:
 
     def __init__(self, feed: Feed, plan=("none",), lifetime=(0.5, 1.0), stall_for=2.5,
                  replay_overlap: int = 0, garbage_every: int | None = None, seed: int = 7,
-                 batch: int = 50):
+                 batch: int = 50, replay_window: float | None = None):
         self.feed = feed
+        # Resume history kept, in seconds of feed (None: all of it). `?after=N` older than
+        # that replays from the oldest kept seq: the rest is lost to the client (Conn.replay_lost).
+        self.replay_window = replay_window
         self.plan = list(plan)
         self.lifetime = lifetime
         self.stall_for = stall_for
@@ -206,11 +248,41 @@ class _Provider:
             return 1
         return max(1, after + 1 - self.replay_overlap)
 
+    def oldest_kept(self) -> int:
+        """The oldest seq still replayable under `replay_window` (1 without a window)."""
+        if self.replay_window is None or not self.feed.rate or self.feed.t0 is None:
+            return 1
+        newest = self.feed.available()
+        # Released more than replay_window seconds ago: gone (stall-aware via release_time).
+        horizon = time.monotonic() - self.replay_window
+        lo, hi = 1, newest
+        while lo <= hi:  # the first seq released after the horizon
+            mid = (lo + hi) // 2
+            if self.feed.release_time(mid) > horizon:
+                hi = mid - 1
+            else:
+                lo = mid + 1
+        return max(1, lo)
+
+    def _first_seq_for(self, conn: Conn) -> int:
+        """start_seq(), limited by the replay window."""
+        nxt = self.start_seq(conn.after)
+        if self.replay_window is not None:
+            oldest = self.oldest_kept()
+            if nxt < oldest:
+                conn.replay_lost = oldest - nxt
+                self.log(
+                    f"conn #{conn.index} asked for seq {nxt}, older than the {self.replay_window}s "
+                    f"replay window: replaying from {oldest} ({conn.replay_lost} lost)"
+                )
+                nxt = oldest
+        return nxt
+
     # -- the send loop shared by both transports -------------------------
     async def _feed_loop(self, conn: Conn, send, abort, close, closed):
         """Sends messages until the plan ends the connection. `send(seq|None, text)` sends one
         message (None: a garbage frame); `closed()` is true once the client went away."""
-        nxt = self.start_seq(conn.after)
+        nxt = self._first_seq_for(conn)
         deadline = conn.started + conn.lifetime if conn.plan != "none" else float("inf")
         since_garbage = 0
         while not self._stop.is_set():
@@ -243,6 +315,7 @@ class _Provider:
             await abort()
             self._end(conn, "shutdown")
             return
+        conn.cut_at = time.monotonic()
         if conn.plan == "close":
             await close()
             self._end(conn, "close")
@@ -425,4 +498,151 @@ class SseFeed(_Provider):
             eof.cancel()
 
 
-__all__ = ["Feed", "WsFeed", "SseFeed", "Conn", "websockets"]
+# ---------------------------------------------------------------------------
+# live broadcast feeds (no resume)
+# ---------------------------------------------------------------------------
+
+
+class RepeatingFeed(Feed):
+    """A feed without any cursor whose payloads repeat: message i (1-based position) is
+    `{"racer":"r07","v":3}` drawn (seeded) from `racers` x `values` combinations, so most
+    payloads occur many times. `released()` is the exact sequence released so far."""
+
+    def __init__(self, total: int, rate: float | None = None, racers: int = 10, values: int = 5,
+                 seed: int = 11, stall: tuple[int, float] | None = None):
+        super().__init__(total, rate=rate, racers=racers, stall=stall)
+        rng = random.Random(seed)
+        self._racers = [f"r{rng.randrange(racers):02d}" for _ in range(total)]
+        self._payloads = [
+            json.dumps({"racer": r, "v": rng.randrange(values)}, separators=(",", ":"))
+            for r in self._racers
+        ]
+
+    def racer(self, seq: int) -> str:
+        return self._racers[seq - 1]
+
+    def payload(self, seq: int) -> str:
+        return self._payloads[seq - 1]
+
+    def released(self) -> list[str]:
+        return self._payloads[: self.available()]
+
+
+class BroadcastWsFeed(WsFeed):
+    """One live feed broadcast to every connected client, without resume: a client gets each
+    message as it is released from the moment it connects (no history; `?after=` is ignored).
+    The clock starts when the provider starts (`clock_at_start`), so the first client joins
+    mid-feed.
+
+    Each connection is cut independently (`plan` cycled over connection numbers: close | abort
+    | none) once its random `lifetime` has passed, but never all at once: with
+    `keep_one_live` a connection is cut only while another open connection already holds
+    everything it has been sent for less than `overlap` seconds (the other copy's first seq is
+    at or before that point), so with two replicas a live copy of every message always exists.
+    No cut is made in the last `quiet_tail` seconds of the feed, so the end is deterministic.
+    Every connection and what it got (first..last seq, count) is logged (`conns`)."""
+
+    kind = "ws-broadcast"
+
+    def __init__(self, feed: Feed, plan=("close", "abort"), lifetime=(1.0, 2.0),
+                 keep_one_live: bool = True, overlap: float = 0.5, quiet_tail: float = 1.0,
+                 clock_at_start: bool = True, seed: int = 7, batch: int = 50):
+        super().__init__(feed, plan=plan, lifetime=lifetime, seed=seed, batch=batch)
+        self.keep_one_live = keep_one_live
+        self.overlap = overlap
+        self.quiet_tail = quiet_tail
+        self.clock_at_start = clock_at_start
+        self.deferred_cuts = 0
+
+    def start(self):
+        super().start()
+        if self.clock_at_start:
+            self.feed.start_clock()
+        return self
+
+    def _cuts_over(self) -> bool:
+        if not self.feed.rate:
+            return False
+        return self.feed.available() >= self.feed.total - int(self.quiet_tail * self.feed.rate)
+
+    @staticmethod
+    def _safe_point(conn: Conn, before: float) -> int:
+        """The last seq `conn` had been sent by time `before` (0: none)."""
+        last = 0
+        for t, seq in conn.marks:
+            if t > before:
+                break
+            last = seq
+        return last
+
+    def _may_cut(self, conn: Conn) -> bool:
+        if self._cuts_over():
+            return False
+        if not self.keep_one_live:
+            return True
+        if conn.last_seq is None:
+            return True  # holds nothing another copy would have to cover
+        safe = self._safe_point(conn, time.monotonic() - self.overlap)
+        return any(
+            other is not conn and other.ended == "open" and not other.cutting
+            and other.first_seq is not None and other.first_seq <= safe + 1
+            for other in self.conns
+        )
+
+    async def _feed_loop(self, conn: Conn, send, abort, close, closed):
+        nxt = self.feed.available() + 1  # joins the live feed: no history
+        deadline = conn.started + conn.lifetime if conn.plan != "none" else float("inf")
+        deferred = False
+        while not self._stop.is_set():
+            if closed():
+                self._end(conn, "client")
+                return
+            avail = self.feed.available()
+            if nxt <= avail:
+                upto = min(avail, nxt + self.batch - 1)
+                for seq in range(nxt, upto + 1):
+                    await send(seq, self.feed.payload(seq))
+                    conn.sent += 1
+                    if conn.first_seq is None:
+                        conn.first_seq = seq
+                        conn.first_sent_at = time.monotonic()
+                    conn.last_seq = seq
+                conn.marks.append((time.monotonic(), upto))
+                nxt = upto + 1
+            if time.monotonic() >= deadline:
+                # Decide and mark in one step (no await in between): the other connections'
+                # tasks see `cutting` before they decide about themselves.
+                if self._may_cut(conn):
+                    conn.cutting = True
+                    break
+                if not deferred:
+                    deferred = True
+                    self.deferred_cuts += 1
+                    self.log(f"conn #{conn.index} cut deferred: no other live copy yet")
+            await asyncio.sleep(0 if nxt <= self.feed.available() else 0.005)
+        if self._stop.is_set():
+            await abort()
+            self._end(conn, "shutdown")
+            return
+        conn.cut_at = time.monotonic()
+        if conn.plan == "close":
+            await close()
+            self._end(conn, "close")
+        else:
+            await abort()
+            self._end(conn, "abort")
+
+    def max_concurrent(self) -> int:
+        """Most connections open at the same time (from the log)."""
+        points = []
+        for c in self.conns:
+            points.append((c.started, 1))
+            points.append((c.ended_at if c.ended_at is not None else float("inf"), -1))
+        best = now = 0
+        for _, d in sorted(points, key=lambda p: (p[0], p[1])):
+            now += d
+            best = max(best, now)
+        return best
+
+
+__all__ = ["Feed", "RepeatingFeed", "WsFeed", "BroadcastWsFeed", "SseFeed", "Conn", "websockets"]
