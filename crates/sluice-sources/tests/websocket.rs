@@ -43,6 +43,25 @@ async fn stop(run: &mut Run) {
     assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
 }
 
+/// Polls `check` every 10 ms until it holds (returns how long that took); panics after `within`.
+async fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = tokio::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
+/// Checks `check` every 10 ms for `period`; panics as soon as it does not hold.
+async fn holds_for(period: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < period {
+        assert!(check(), "{what}: stopped holding after {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn every_event_exactly_once_across_cuts_with_and_without_close_frames() {
     let (m, _g) = metrics_recorder();
@@ -98,9 +117,9 @@ async fn a_resume_cursor_from_the_spool_is_honoured() {
     assert_eq!(server.events("connect")[0]["path"], "/feed?after=50");
     assert_eq!(count(&m, "sluice_source_duplicates_total", "spool", &[]), 3);
     // The age of the last message is reported every second.
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    let age = m.gauge("sluice_source_last_message_age_seconds", &[("source", "spool")]);
-    assert!((0.5..30.0).contains(&age), "{age}");
+    let age = || m.gauge("sluice_source_last_message_age_seconds", &[("source", "spool")]);
+    eventually(Duration::from_secs(5), "last message age reported", || age() >= 0.5).await;
+    assert!(age() < 30.0, "{}", age());
     stop(&mut run).await;
 }
 
@@ -223,9 +242,11 @@ idle_timeout = "0s"
         "{}",
         m.dump("sluice_source")
     );
-    // The healthy second connection answers pings and stays.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(count(&m, "sluice_source_connects_total", "pong", &[]), 2);
+    // The healthy second connection answers pings and stays (600 ms: two pong timeouts).
+    holds_for(Duration::from_millis(600), "one reconnect only", || {
+        count(&m, "sluice_source_connects_total", "pong", &[]) == 2
+    })
+    .await;
     stop(&mut run).await;
 }
 
@@ -482,7 +503,9 @@ async fn shutdown_is_prompt_while_the_spool_is_full() {
     let server = PyServer::start(&["--total", "3000"]).await;
     let mut run = start("full", source("full", &feed_config(&server, "")), None, 1);
     run.take(1, WITHIN).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The one-slot channel fills again: the source is then blocked on the next event.
+    let events = &run.events;
+    eventually(Duration::from_secs(5), "the events channel full", || events.len() == 1).await;
     let took = run.stop().await;
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
@@ -523,9 +546,10 @@ async fn a_handshake_that_never_completes_times_out() {
     .await;
     let config = format!("url = \"ws://127.0.0.1:{port}/\"\nconnect_timeout = \"200ms\"\nbackoff_initial = \"10ms\"");
     let mut run = start("hang", source("hang", &config), None, 8);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let failed = count(&m, "sluice_source_reconnects_total", "hang", &[("cause", "handshake_failed")]);
-    assert!((2..=5).contains(&failed), "{failed}");
+    let failed = || count(&m, "sluice_source_reconnects_total", "hang", &[("cause", "handshake_failed")]);
+    let took = eventually(Duration::from_secs(5), "two handshake timeouts", || failed() >= 2).await;
+    // Each attempt waited for connect_timeout (200 ms) before failing.
+    assert!(took >= Duration::from_millis(350), "two failures after {took:?}");
     // Shutdown does not wait for a pending handshake either.
     let took = run.stop().await;
     assert!(took < Duration::from_millis(500), "{took:?}");
