@@ -40,8 +40,10 @@
 //! a binary search in the in-memory sparse index (one entry per 128 records or 64 KiB) — then
 //! `pread` the segment up to the committed length without holding any lock, so readers never
 //! wait for writes or fsyncs. [`Store::watch`] lets push consumers sleep until a commit.
-//! [`Store::enforce_retention`] (run every 60 s by a background thread) deletes whole sealed
-//! segments older than the stream's retention.
+//! [`Store::enforce_retention`] (run every 60 s by a background thread unless
+//! [`StoreConfig::retention_thread`] is off) deletes whole sealed segments older than the
+//! stream's retention; [`Store::trim_below`] and [`Store::trim_older_than`] trim one shard on
+//! demand (by ordinal, by age), for owners that decide themselves what may go.
 //!
 //! # Recovery
 //!
@@ -87,18 +89,23 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// A shard starts a new segment once its active one has reached this size.
     pub segment_bytes: u64,
+    /// Whether a background thread applies each stream's `retention_hours` (every 60 s).
+    /// Off for stores whose owner decides what to trim itself (the pipeline's spool, which
+    /// keeps events until every sink has them).
+    pub retention_thread: bool,
 }
 
 impl StoreConfig {
     /// Default segment size: 64 MiB.
     pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 
-    /// `Durability::Fsync` and 64 MiB segments in `data_dir`.
+    /// `Durability::Fsync`, 64 MiB segments and the retention thread, in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> StoreConfig {
         StoreConfig {
             data_dir: data_dir.into(),
             durability: Durability::Fsync,
             segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES,
+            retention_thread: true,
         }
     }
 }
@@ -158,6 +165,17 @@ pub struct ShardPosition {
     pub last_arrival_ms: Option<u64>,
     /// Whether the shard is closed to appends.
     pub closed: bool,
+}
+
+/// What a trim removed from one shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Whole segments deleted.
+    pub segments: u64,
+    /// Records in them.
+    pub records: u64,
+    /// The oldest ordinal the shard still holds afterwards (its `next_ordinal` if empty).
+    pub first_ordinal: u64,
 }
 
 /// Now, epoch milliseconds.

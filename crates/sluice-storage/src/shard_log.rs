@@ -25,7 +25,7 @@ use crate::segment::{
     SegmentSummary, encode_frame, frame_len, segment_file_name, segment_header, sidecar_path,
 };
 use crate::sync::{read, write};
-use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoredRecord};
+use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoredRecord, Trimmed};
 
 /// A committed, reader-visible segment (always holds at least one record).
 #[derive(Debug)]
@@ -449,29 +449,45 @@ impl ShardLog {
     }
 
     /// Removes whole segments whose newest record is older than `cutoff_ms`, never the newest
-    /// segment. Returns how many were removed.
-    pub(crate) fn trim(&self, cutoff_ms: u64) -> u64 {
-        let removed: Vec<Segment> = {
+    /// segment.
+    pub(crate) fn trim(&self, cutoff_ms: u64) -> Trimmed {
+        self.trim_front(|s| s.last_arrival < cutoff_ms)
+    }
+
+    /// Removes whole segments whose last ordinal is below `ordinal`, never the newest segment.
+    pub(crate) fn trim_below(&self, ordinal: u64) -> Trimmed {
+        self.trim_front(|s| s.last_ordinal < ordinal)
+    }
+
+    /// Removes the oldest segments while `expired` holds for them, keeping at least the newest
+    /// (the one the writer appends to, or will roll from).
+    fn trim_front(&self, expired: impl Fn(&Segment) -> bool) -> Trimmed {
+        let (removed, first_ordinal) = {
             let mut st = write(&self.state);
             let mut out = Vec::new();
-            while st.segments.len() > 1 && st.segments.front().is_some_and(|s| s.last_arrival < cutoff_ms) {
+            while st.segments.len() > 1 && st.segments.front().is_some_and(&expired) {
                 if let Some(s) = st.segments.pop_front() {
                     out.push(s);
                 }
             }
-            out
+            let first = st.position(false).first_ordinal;
+            (out, first)
         };
+        let records = removed.iter().map(|s| s.last_ordinal + 1 - s.first_ordinal).sum();
+        let trimmed = Trimmed { segments: removed.len() as u64, records, first_ordinal };
         if removed.is_empty() {
-            return 0;
+            return trimmed;
         }
+        // Readers that snapshotted one of these segments keep its open file handle, so a
+        // read in progress still completes.
         for s in &removed {
             remove_segment_files(&s.path);
         }
         if let Err(e) = sync_dir(&self.dir) {
             tracing::warn!(error = %e, "could not fsync shard directory after trimming");
         }
-        tracing::debug!(dir = %self.dir.display(), segments = removed.len(), "retention trimmed segments");
-        removed.len() as u64
+        tracing::debug!(dir = %self.dir.display(), segments = removed.len(), records, "trimmed segments");
+        trimmed
     }
 
     /// Writes the sidecar for the sealed segment starting at `first_ordinal` (making the segment

@@ -17,7 +17,7 @@ use crate::commit::{Queue, Request, SYNC_HELPERS, SyncPool};
 use crate::error::{StorageError, at};
 use crate::shard_log::{ShardLog, sync_dir};
 use crate::sync::{lock, read, write};
-use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig};
+use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, Trimmed};
 
 const CATALOG_FILE: &str = "catalog.json";
 const SECRET_FILE: &str = "secret.key";
@@ -196,7 +196,7 @@ impl Shared {
             let Some(s) = logs.get(name).filter(|s| s.tag == meta.tag) else { continue };
             let cutoff = now_ms.saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
             for log in s.shards.values() {
-                removed += log.trim(cutoff);
+                removed += log.trim(cutoff).segments;
             }
         }
         if removed > 0 {
@@ -314,12 +314,14 @@ impl Store {
         );
         let handle = Handle { shared: shared.clone(), threads: Mutex::new(threads) };
         // On error, dropping `handle` stops what was started.
-        let r = shared.clone();
-        let t = std::thread::Builder::new()
-            .name("sluice-retention".into())
-            .spawn(move || r.run_retention())
-            .map_err(at(&data_dir))?;
-        lock(&handle.threads).push(t);
+        if shared.cfg.retention_thread {
+            let r = shared.clone();
+            let t = std::thread::Builder::new()
+                .name("sluice-retention".into())
+                .spawn(move || r.run_retention())
+                .map_err(at(&data_dir))?;
+            lock(&handle.threads).push(t);
+        }
         if shared.cfg.durability == Durability::Fsync {
             for i in 0..SYNC_HELPERS {
                 let p = shared.clone();
@@ -537,6 +539,18 @@ impl Store {
     /// (never a shard's newest segment); returns how many were removed.
     pub fn enforce_retention(&self, now_ms: u64) -> Result<u64, StorageError> {
         Ok(self.shared().enforce_retention(now_ms))
+    }
+
+    /// Deletes the shard's whole segments whose last ordinal is below `ordinal` (everything in
+    /// them is no longer needed), never its newest segment, whatever the stream's retention.
+    pub fn trim_below(&self, stream: &str, tag: u32, shard: u32, ordinal: u64) -> Result<Trimmed, StorageError> {
+        Ok(self.shared().shard_log(stream, tag, shard)?.trim_below(ordinal))
+    }
+
+    /// Deletes the shard's whole segments whose newest record arrived before `cutoff_ms`,
+    /// never its newest segment (retention of one shard, on demand).
+    pub fn trim_older_than(&self, stream: &str, tag: u32, shard: u32, cutoff_ms: u64) -> Result<Trimmed, StorageError> {
+        Ok(self.shared().shard_log(stream, tag, shard)?.trim(cutoff_ms))
     }
 
     /// Stops the background threads after draining pending appends; later appends get

@@ -12,8 +12,13 @@ fn meta(shards: u32) -> StreamMeta {
 }
 
 fn setup(dir: &Path, segment_bytes: u64) -> Store {
-    let store = Store::open(StoreConfig { data_dir: dir.to_path_buf(), durability: Durability::Fsync, segment_bytes })
-        .expect("open");
+    let store = Store::open(StoreConfig {
+        data_dir: dir.to_path_buf(),
+        durability: Durability::Fsync,
+        segment_bytes,
+        retention_thread: true,
+    })
+    .expect("open");
     store
         .mutate_catalog(|c| {
             c.streams.insert("s".into(), meta(2));
@@ -86,9 +91,13 @@ fn failed_writes_roll_back_and_the_store_stays_usable() {
         assert_eq!(got.len(), 35);
         assert!(got[5..].iter().all(|r| r.data[0] == 3));
         drop(store);
-        let store =
-            Store::open(StoreConfig { data_dir: dir.to_path_buf(), durability: Durability::Fsync, segment_bytes: 700 })
-                .expect("reopen");
+        let store = Store::open(StoreConfig {
+            data_dir: dir.to_path_buf(),
+            durability: Durability::Fsync,
+            segment_bytes: 700,
+            retention_thread: true,
+        })
+        .expect("reopen");
         assert_eq!(all(&store, 0), got);
         assert_eq!(all(&store, 1).len(), 4);
     }

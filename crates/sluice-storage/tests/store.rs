@@ -515,3 +515,59 @@ fn store_is_shareable_and_append_future_is_send() {
     send(&fut);
     drop(fut);
 }
+
+#[test]
+fn trim_below_deletes_only_whole_sealed_segments_below_the_ordinal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000, Durability::Os);
+    create_stream(&store, STREAM, TAG, 1);
+    let rt = rt();
+    for i in 0..60 {
+        rt.block_on(store.append(STREAM, TAG, vec![rec(0, "k", &[i as u8; 100])])).unwrap();
+    }
+    let sd = shard_dir(dir.path(), STREAM, TAG, 0);
+    let firsts: Vec<u64> =
+        segments(&sd).iter().map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap()).collect();
+    assert!(firsts.len() > 3, "{firsts:?}");
+    // Nothing below the first segment's end: nothing goes.
+    let t = store.trim_below(STREAM, TAG, 0, firsts[1] - 1).unwrap();
+    assert_eq!((t.segments, t.records, t.first_ordinal), (0, 0, 1));
+    // Exactly up to the second segment's last record: the first two go.
+    let t = store.trim_below(STREAM, TAG, 0, firsts[2]).unwrap();
+    assert_eq!((t.segments, t.records, t.first_ordinal), (2, firsts[2] - 1, firsts[2]));
+    assert_eq!(segments(&sd).len(), firsts.len() - 2);
+    let b = store.read(STREAM, TAG, 0, 1, 1000, usize::MAX).unwrap();
+    assert_eq!(b.records[0].ordinal, firsts[2], "reads before the kept range start at its first record");
+    assert_eq!(b.records.len() as u64, 60 - (firsts[2] - 1));
+    // Past everything: the newest (active) segment always stays.
+    let t = store.trim_below(STREAM, TAG, 0, u64::MAX).unwrap();
+    assert_eq!(t.first_ordinal, *firsts.last().unwrap());
+    assert_eq!(segments(&sd).len(), 1);
+    let a = rt.block_on(store.append(STREAM, TAG, vec![rec(0, "k", b"more")])).unwrap();
+    assert_eq!(a[0].ordinal, 61, "ordinals continue");
+    drop(store);
+    let store = open(dir.path(), 1000, Durability::Os);
+    let pos = store.shard_position(STREAM, TAG, 0).unwrap();
+    assert_eq!((pos.first_ordinal, pos.next_ordinal), (*firsts.last().unwrap(), 62), "the trim is durable");
+    assert!(matches!(store.trim_below("nope", TAG, 0, 5), Err(StorageError::NoSuchStream)));
+}
+
+#[test]
+fn trim_older_than_works_per_shard_without_the_retention_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1000, Durability::Os);
+    cfg.retention_thread = false;
+    let store = Store::open(cfg).unwrap();
+    create_stream(&store, STREAM, TAG, 2);
+    let rt = rt();
+    for i in 0..40 {
+        rt.block_on(store.append(STREAM, TAG, vec![rec(0, "k", &[i as u8; 100]), rec(1, "k", b"x")])).unwrap();
+    }
+    let sd = shard_dir(dir.path(), STREAM, TAG, 0);
+    let before = segments(&sd).len();
+    assert_eq!(store.trim_older_than(STREAM, TAG, 0, 0).unwrap().segments, 0, "nothing is that old");
+    let t = store.trim_older_than(STREAM, TAG, 0, sluice_now() + 1000).unwrap();
+    assert_eq!(t.segments as usize, before - 1);
+    assert_eq!(t.records, t.first_ordinal - 1);
+    assert_eq!(store.shard_position(STREAM, TAG, 1).unwrap().first_ordinal, 1, "the other shard is untouched");
+}
