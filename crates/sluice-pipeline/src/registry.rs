@@ -45,10 +45,10 @@ pub fn build_source(cfg: &PipelineConfig, c: &ComponentConfig) -> Result<Box<dyn
             format!("unknown source type {:?}; known: {:?}", c.kind, sluice_sources::KINDS),
         ));
     }
-    let mut track = serde_path_to_error::Track::new();
-    let value = toml::Value::Table(c.options.clone());
-    sluice_sources::build_from(&c.name, &c.kind, serde_path_to_error::Deserializer::new(value, &mut track))
-        .map_err(|e| locate(cfg, c, "sources", track, e))
+    sluice_sources::build_from(&c.name, &c.kind, &c.options).map_err(|e| {
+        let first_line = e.message.lines().next().unwrap_or("").trim().to_owned();
+        cfg.error_at(c, "sources", e.field.as_deref(), first_line)
+    })
 }
 
 /// Whether a sink needs the embedded stream (a `kinesis` sink without `endpoint`).

@@ -1,9 +1,10 @@
-//! Option types shared by the sources (headers, resume, heartbeat, durations) and the checks
-//! that turn a user's table into what a running source needs.
+//! Options every source kind takes ([`CommonConfig`]: the URL, headers, reconnects, rotation,
+//! resume, replicas, de-duplication, gaps, alarms) and the checks that turn them into what a
+//! running source needs ([`Settings`]).
 //!
-//! Every source config is its own struct with `deny_unknown_fields` (serde cannot combine that
-//! with `flatten`), so the shared fields are repeated there and gathered here by
-//! `Reconnect` and `ResumePlan`.
+//! A `[sources.NAME]` table is split in two by key ([`COMMON_FIELDS`] here, the rest for the
+//! kind's own struct), since serde cannot combine `flatten` with `deny_unknown_fields`; both
+//! halves are checked strictly.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,6 +16,7 @@ use sluice_flow::FlowError;
 use url::Url;
 
 use crate::cursor::Pointer;
+use crate::dedup::DedupPlan;
 
 /// The placeholder filled with the cursor to resume from.
 pub const CURSOR_PLACEHOLDER: &str = "{cursor}";
@@ -115,12 +117,16 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
 }
 
-/// Deserializes a humantime string (`"30s"`, `"1m 30s"`, `"250ms"`).
+/// Parses a duration (`"30s"`, `"1m 30s"`, `"250ms"`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"30s\" or \"250ms\""))
+}
+
+/// Deserializes a duration string.
 pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"30s\" or \"250ms\""))
-    })
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// Like [`duration`], for optional fields.
@@ -137,7 +143,6 @@ pub(crate) fn config_error(component: &str, message: impl Into<String>) -> FlowE
 pub(crate) struct Reconnect {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    pub backoff_reset_after: Duration,
     pub max_connection_age: Option<Duration>,
     pub rotation_overlap: Duration,
 }
@@ -360,9 +365,6 @@ pub(crate) fn default_backoff_initial() -> Duration {
 pub(crate) fn default_backoff_max() -> Duration {
     Duration::from_secs(30)
 }
-pub(crate) fn default_backoff_reset_after() -> Duration {
-    Duration::from_secs(30)
-}
 pub(crate) fn default_rotation_overlap() -> Duration {
     Duration::from_secs(10)
 }
@@ -374,6 +376,354 @@ pub(crate) fn default_connect_timeout() -> Duration {
 }
 pub(crate) fn default_max_message_bytes() -> usize {
     1024 * 1024
+}
+
+/// The keys of [`CommonConfig`]: every other key of a source's table belongs to its kind.
+pub const COMMON_FIELDS: &[&str] = &[
+    "url",
+    "headers",
+    "idle_timeout",
+    "connect_timeout",
+    "backoff_initial",
+    "backoff_max",
+    "max_connection_age",
+    "rotation_overlap",
+    "resume",
+    "max_message_bytes",
+    "replicas",
+    "dedup",
+    "gaps",
+    "alarm",
+];
+
+/// The options every source kind takes (`[sources.NAME]` minus `type` and the kind's own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonConfig {
+    /// The feed's URL (`ws://`/`wss://` for `websocket`, `http://`/`https://` otherwise). It
+    /// may hold a token: it is never logged with its query.
+    pub url: Address,
+    /// Extra HTTP headers for every (re)connect (e.g. `Authorization`). Values are secret:
+    /// never logged. A value containing `{cursor}` is sent only when a cursor is known.
+    #[serde(default)]
+    pub headers: Headers,
+    /// Reconnect when nothing arrives for this long (for `websocket`: no message; for `sse` and
+    /// `http`: no bytes at all, keep-alive comments included). `"0s"` turns it off. Default `"60s"`.
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Limit for connecting (TCP, TLS, the upgrade or response headers, `subscribe`).
+    /// Default `"10s"`.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Reconnect delay. A connection that delivered at least one message and then dropped is
+    /// reconnected after a random delay of at most this; consecutive *failed* attempts
+    /// (refused, handshake failed, closed before any message) double the ceiling each time,
+    /// up to `backoff_max` (full jitter). Default `"250ms"`.
+    #[serde(default = "default_backoff_initial", deserialize_with = "duration")]
+    pub backoff_initial: Duration,
+    /// Largest reconnect delay after repeated failures. Default `"30s"`.
+    #[serde(default = "default_backoff_max", deserialize_with = "duration")]
+    pub backoff_max: Duration,
+    /// Rotate connections older than this: the next connection is opened first, the two
+    /// streams are aligned by position and the old one is closed at the hand-over point
+    /// (make-before-break; only the overlap is dropped). At least `"1s"`. Default: none.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_connection_age: Option<Duration>,
+    /// During a rotation, the longest the old connection stays in use after the new one is up
+    /// (the hand-over normally comes as soon as the streams are aligned), and how long after
+    /// it the two connections' copies are still reconciled. Default `"10s"`.
+    #[serde(default = "default_rotation_overlap", deserialize_with = "duration")]
+    pub rotation_overlap: Duration,
+    /// Cursor extraction and resume: `{ cursor = "/seq", url = "…{cursor}", initial = "0" }`.
+    #[serde(default)]
+    pub resume: Option<ResumeConfig>,
+    /// Larger messages are dead-lettered (`too_large`) and counted; the stream goes on.
+    /// Default 1048576 (1 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Redundant connections to the same provider, each reconnecting and rotating on its own;
+    /// their messages are merged and de-duplicated (`dedup` is then required). Default 1.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Drop events already seen: `{ key = ["/seq"], window = 100000 }`.
+    #[serde(default)]
+    pub dedup: Option<DedupConfig>,
+    /// Watch an integer sequence for gaps: `{ field = "/seq", wait = "10s" }`.
+    #[serde(default)]
+    pub gaps: Option<GapsConfig>,
+    /// Alarms: `{ silence = "30s", no_connection = "10s", command = ["notify", "…"] }`.
+    #[serde(default)]
+    pub alarm: Option<AlarmConfig>,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+/// `dedup = { key = …, window = … }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// What identifies an event: a list of JSON pointers whose values together are the key
+    /// (e.g. `["/seq"]` or `["/racer", "/ts"]`), or `"content"` (a hash of the whole frame).
+    /// An event without any of the fields is forwarded and counted as unkeyed.
+    pub key: DedupKeyConfig,
+    /// How far back keys are remembered: a number of events (`100000`), a duration
+    /// (`"10m"`), or both (`{ events = 100000, duration = "10m" }`: whichever is reached
+    /// first). Memory is bounded by the event count, which defaults to 100000 and is at most
+    /// 10000000. The window is rebuilt from the spool after a restart.
+    #[serde(default)]
+    pub window: WindowConfig,
+}
+
+/// `dedup.key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DedupKeyConfig {
+    /// `"content"`.
+    Content,
+    /// JSON pointers.
+    Fields(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for DedupKeyConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = DedupKeyConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"content\" or a list of JSON pointers such as [\"/seq\"]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "content" {
+                    Ok(DedupKeyConfig::Content)
+                } else {
+                    Err(E::custom(format!(
+                        "expected \"content\" or a list of JSON pointers such as [\"/seq\"], found {v:?}"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    out.push(p);
+                }
+                Ok(DedupKeyConfig::Fields(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `dedup.window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Most keys remembered.
+    pub events: usize,
+    /// Keys older than this are forgotten.
+    pub duration: Option<Duration>,
+}
+
+/// Default and largest `dedup.window` event counts.
+pub const DEFAULT_WINDOW_EVENTS: usize = 100_000;
+pub const MAX_WINDOW_EVENTS: usize = 10_000_000;
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig { events: DEFAULT_WINDOW_EVENTS, duration: None }
+    }
+}
+
+impl<'de> Deserialize<'de> for WindowConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Both {
+            #[serde(default)]
+            events: Option<usize>,
+            #[serde(default, deserialize_with = "opt_duration")]
+            duration: Option<Duration>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = WindowConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of events (100000), a duration (\"10m\") or { events = …, duration = … }")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                let events = usize::try_from(v).map_err(|_| E::custom("the event count must be positive"))?;
+                Ok(WindowConfig { events, duration: None })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                let d = parse_duration(v).map_err(E::custom)?;
+                Ok(WindowConfig { events: DEFAULT_WINDOW_EVENTS, duration: Some(d) })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let both = Both::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(WindowConfig { events: both.events.unwrap_or(DEFAULT_WINDOW_EVENTS), duration: both.duration })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `gaps = { field = "/seq", wait = "10s" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GapsConfig {
+    /// JSON pointer to an integer that increases by one per event. Default: the resume cursor,
+    /// when it is an integer.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// How long a missing value may still arrive (from another replica) before the gap is
+    /// counted. Default: `"0s"` with one connection, `"10s"` with `replicas` > 1.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub wait: Option<Duration>,
+}
+
+/// `alarm = { silence = "30s", no_connection = "10s", command = [...] }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmConfig {
+    /// Raise `silence` when no event was forwarded for this long.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub silence: Option<Duration>,
+    /// Raise `no_connection` when no connection was live for this long.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub no_connection: Option<Duration>,
+    /// Run on every raise and clear: argv (no shell), with `SLUICE_SOURCE`, `SLUICE_ALARM`
+    /// (`silence` | `no_connection`), `SLUICE_ALARM_STATE` (`raised` | `cleared`) and
+    /// `SLUICE_ALARM_DETAIL` in its environment.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+/// Integer-sequence gap detection, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct GapPlan {
+    /// Where the integer is (`None`: the cursor).
+    pub pointer: Option<Pointer>,
+    /// Whether gaps are watched at all.
+    pub enabled: bool,
+    /// How long a missing value may still arrive.
+    pub wait: Duration,
+}
+
+/// Alarms, checked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AlarmPlan {
+    pub silence: Option<Duration>,
+    pub no_connection: Option<Duration>,
+    pub command: Option<Vec<String>>,
+}
+
+/// The timing and message rules every source shares, checked.
+pub(crate) struct Settings {
+    pub reconnect: Reconnect,
+    pub resume: ResumePlan,
+    pub max_message_bytes: usize,
+    pub replicas: usize,
+    pub dedup: Option<DedupPlan>,
+    pub gaps: GapPlan,
+    pub alarm: AlarmPlan,
+}
+
+/// The common options, checked, with what a transport needs from them.
+pub(crate) struct Common {
+    pub url: Url,
+    pub endpoint: String,
+    pub headers: Vec<HeaderTemplate>,
+    pub idle_timeout: Option<Duration>,
+    pub connect_timeout: Duration,
+    /// The largest message read off the wire at all (see [`hard_limit`]).
+    pub read_limit: usize,
+    pub settings: Settings,
+}
+
+/// Most replicas of one source.
+const MAX_REPLICAS: usize = 16;
+
+impl CommonConfig {
+    /// Checks everything; `schemes` are the kind's URL schemes and `templates` the kind's
+    /// messages that may use `{cursor}` (subscribe messages, a request body).
+    pub(crate) fn check(self, name: &str, schemes: &[&str], templates: &[&str]) -> Result<Common, FlowError> {
+        let url = parse_url(name, "url", &self.url.0, schemes)?;
+        check_positive(name, "connect_timeout", self.connect_timeout)?;
+        let headers = parse_headers(name, &self.headers)?;
+        let resume = ResumePlan::from_config(name, self.resume.as_ref(), schemes, templates)?;
+        let reconnect = Reconnect {
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            max_connection_age: self.max_connection_age,
+            rotation_overlap: self.rotation_overlap,
+        };
+        reconnect.check(name)?;
+        if self.max_message_bytes == 0 {
+            return Err(config_error(name, "`max_message_bytes` must be greater than zero"));
+        }
+        if self.replicas == 0 || self.replicas > MAX_REPLICAS {
+            return Err(config_error(name, format!("`replicas` must be between 1 and {MAX_REPLICAS}")));
+        }
+        let dedup = match self.dedup {
+            Some(d) => Some(DedupPlan::check(name, d)?),
+            None if self.replicas > 1 => {
+                return Err(config_error(
+                    name,
+                    "`replicas` > 1 needs `dedup` (e.g. dedup = { key = [\"/seq\"] } or { key = \"content\" }): \
+                     every replica delivers the same events, and only de-duplication merges them",
+                ));
+            }
+            None => None,
+        };
+        let gaps_cfg = self.gaps.unwrap_or_default();
+        let gap_pointer = match &gaps_cfg.field {
+            Some(p) => Some(Pointer::parse(p).map_err(|e| config_error(name, format!("`gaps.field`: {e}")))?),
+            None => None,
+        };
+        let gaps = GapPlan {
+            enabled: gap_pointer.is_some() || resume.check_gaps,
+            pointer: gap_pointer,
+            wait: gaps_cfg.wait.unwrap_or(if self.replicas > 1 { Duration::from_secs(10) } else { Duration::ZERO }),
+        };
+        let alarm_cfg = self.alarm.unwrap_or_default();
+        if let Some(cmd) = &alarm_cfg.command {
+            if cmd.is_empty() || cmd[0].is_empty() {
+                return Err(config_error(name, "`alarm.command` must name a program: [\"program\", \"arg\", …]"));
+            }
+            if alarm_cfg.silence.is_none() && alarm_cfg.no_connection.is_none() {
+                return Err(config_error(name, "`alarm.command` needs `alarm.silence` or `alarm.no_connection`"));
+            }
+        }
+        for (field, d) in [("alarm.silence", alarm_cfg.silence), ("alarm.no_connection", alarm_cfg.no_connection)] {
+            if d.is_some_and(|d| d.is_zero()) {
+                return Err(config_error(name, format!("`{field}` must be greater than zero")));
+            }
+        }
+        let alarm = AlarmPlan {
+            silence: alarm_cfg.silence,
+            no_connection: alarm_cfg.no_connection,
+            command: alarm_cfg.command,
+        };
+        Ok(Common {
+            endpoint: endpoint(&url),
+            url,
+            headers,
+            idle_timeout: nonzero(self.idle_timeout),
+            connect_timeout: self.connect_timeout,
+            read_limit: hard_limit(self.max_message_bytes),
+            settings: Settings {
+                reconnect,
+                resume,
+                max_message_bytes: self.max_message_bytes,
+                replicas: self.replicas,
+                dedup,
+                gaps,
+                alarm,
+            },
+        })
+    }
 }
 
 /// Rejects a zero duration where zero cannot work.

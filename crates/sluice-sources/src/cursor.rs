@@ -16,19 +16,10 @@ pub(crate) fn extract(pointer: &Pointer, payload: &[u8]) -> Result<Option<String
 }
 
 /// What [`CursorOrder::check`] decided about a message's cursor.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// Not seen before; forward it.
     New,
-    /// A new integer cursor that skipped `missing` values after `from`.
-    Gap {
-        /// The last cursor forwarded before this one.
-        from: i128,
-        /// This cursor.
-        to: i128,
-        /// How many cursors are missing in between.
-        missing: u64,
-    },
     /// At or below the last forwarded integer cursor, or an exact repeat of a recent
     /// non-integer cursor.
     Duplicate,
@@ -37,22 +28,22 @@ pub(crate) enum Verdict {
 /// How many recent non-integer cursors are remembered for exact-match de-duplication.
 const RECENT_CAPACITY: usize = 4096;
 
-/// The order of forwarded cursors. Integer cursors must increase (and, with `check_gaps`, by
-/// exactly one); other cursors are compared against a bounded set of recent ones.
+/// The order of forwarded cursors (used without `dedup`): integer cursors must increase;
+/// other cursors are compared against a bounded set of recent ones. Gaps are not its
+/// business (see `gaps`).
 #[derive(Debug)]
 pub(crate) struct CursorOrder {
     last_int: Option<i128>,
     recent: VecDeque<String>,
     recent_set: HashSet<String>,
-    check_gaps: bool,
 }
 
 impl CursorOrder {
     /// Starts after `resume` (the spool's last cursor), if any.
-    pub(crate) fn new(resume: Option<&str>, check_gaps: bool) -> CursorOrder {
-        let mut order = CursorOrder { last_int: None, recent: VecDeque::new(), recent_set: HashSet::new(), check_gaps };
+    pub(crate) fn new(resume: Option<&str>) -> CursorOrder {
+        let mut order = CursorOrder { last_int: None, recent: VecDeque::new(), recent_set: HashSet::new() };
         if let Some(cursor) = resume {
-            order.record(cursor);
+            order.check(cursor);
         }
         order
     }
@@ -62,11 +53,6 @@ impl CursorOrder {
         match parse_int(cursor) {
             Some(value) => match self.last_int {
                 Some(last) if value <= last => Verdict::Duplicate,
-                Some(last) if self.check_gaps && value > last.saturating_add(1) => {
-                    self.last_int = Some(value);
-                    let missing = value.saturating_sub(last).saturating_sub(1);
-                    Verdict::Gap { from: last, to: value, missing: u64::try_from(missing).unwrap_or(u64::MAX) }
-                }
                 _ => {
                     self.last_int = Some(value);
                     Verdict::New
@@ -80,23 +66,6 @@ impl CursorOrder {
                     Verdict::New
                 }
             }
-        }
-    }
-
-    /// The last forwarded integer cursor.
-    pub(crate) fn last_int(&self) -> Option<i128> {
-        self.last_int
-    }
-
-    /// Whether `cursor` (not an integer) is one of the recent ones.
-    pub(crate) fn is_recent(&self, cursor: &str) -> bool {
-        self.recent_set.contains(cursor)
-    }
-
-    fn record(&mut self, cursor: &str) {
-        match parse_int(cursor) {
-            Some(value) => self.last_int = Some(value),
-            None => self.remember(cursor),
         }
     }
 
@@ -159,23 +128,19 @@ mod tests {
     }
 
     #[test]
-    fn integer_cursors_dedupe_and_report_gaps() {
-        let mut order = CursorOrder::new(Some("10"), true);
+    fn integer_cursors_must_increase() {
+        let mut order = CursorOrder::new(Some("10"));
         assert_eq!(order.check("9"), Verdict::Duplicate);
         assert_eq!(order.check("10"), Verdict::Duplicate);
         assert_eq!(order.check("11"), Verdict::New);
-        assert_eq!(order.check("15"), Verdict::Gap { from: 11, to: 15, missing: 3 });
+        assert_eq!(order.check("15"), Verdict::New);
         assert_eq!(order.check("12"), Verdict::Duplicate);
         assert_eq!(order.check("16"), Verdict::New);
-        let mut quiet = CursorOrder::new(None, false);
-        assert_eq!(quiet.check("1000"), Verdict::New);
-        assert_eq!(quiet.check("2000"), Verdict::New);
-        assert_eq!(quiet.check("1500"), Verdict::Duplicate);
     }
 
     #[test]
     fn other_cursors_dedupe_by_exact_match() {
-        let mut order = CursorOrder::new(Some("a"), true);
+        let mut order = CursorOrder::new(Some("a"));
         assert_eq!(order.check("a"), Verdict::Duplicate);
         assert_eq!(order.check("b"), Verdict::New);
         assert_eq!(order.check("b"), Verdict::Duplicate);

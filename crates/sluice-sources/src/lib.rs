@@ -15,15 +15,18 @@
 //!
 //! Not here: durability (the spool), batching, and anything about sinks.
 
+mod alarm;
 pub mod config;
 mod cursor;
+mod dedup;
+mod gaps;
 pub mod http;
 pub mod metrics;
 pub mod sse;
 mod supervisor;
 pub mod websocket;
 
-pub use config::{Headers, HeartbeatConfig, Messages, ResumeConfig};
+pub use config::{CommonConfig, Headers, HeartbeatConfig, Messages, ResumeConfig};
 pub use http::HttpConfig;
 pub use sse::SseConfig;
 pub use websocket::WebSocketConfig;
@@ -31,23 +34,59 @@ pub use websocket::WebSocketConfig;
 /// The `type` values this crate builds.
 pub const KINDS: &[&str] = &["websocket", "sse", "http"];
 
+/// Why a source's options were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct OptionError {
+    /// The option at fault as a dotted path (`dedup.window`), when known.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// Builds a source of kind `kind` (one of [`KINDS`]) from its options (the table without
-/// `type`), e.g. `build_from("race", "websocket", toml_table)`. Unknown options and bad values
-/// are [`sluice_flow::FlowError::Config`] errors naming the option.
-pub fn build_from<'de, D>(
-    name: &str,
-    kind: &str,
-    options: D,
-) -> Result<Box<dyn sluice_flow::Source>, sluice_flow::FlowError>
-where
-    D: serde::Deserializer<'de>,
-{
-    use serde::Deserialize;
-    let bad = |e: D::Error| config::config_error(name, e.to_string());
-    match kind {
-        "websocket" => websocket::build(name, WebSocketConfig::deserialize(options).map_err(bad)?),
-        "sse" => sse::build(name, SseConfig::deserialize(options).map_err(bad)?),
-        "http" => http::build(name, HttpConfig::deserialize(options).map_err(bad)?),
-        other => Err(config::config_error(name, format!("unknown source type {other:?}; known: {KINDS:?}"))),
-    }
+/// `type`). The options every kind takes ([`CommonConfig`], keys in [`config::COMMON_FIELDS`])
+/// and the kind's own are each checked strictly: unknown keys and bad values are errors
+/// naming the option.
+pub fn build_from(name: &str, kind: &str, options: &toml::Table) -> Result<Box<dyn sluice_flow::Source>, OptionError> {
+    let (common, own): (toml::Table, toml::Table) =
+        options.clone().into_iter().partition(|(k, _)| config::COMMON_FIELDS.contains(&k.as_str()));
+    let common: CommonConfig = parse(common)?;
+    let built = match kind {
+        "websocket" => websocket::build(name, common, parse(own)?),
+        "sse" => sse::build(name, common, parse(own)?),
+        "http" => http::build(name, common, parse(own)?),
+        other => {
+            return Err(OptionError {
+                field: Some("type".into()),
+                message: format!("unknown source type {other:?}; known: {KINDS:?}"),
+            });
+        }
+    };
+    built.map_err(|e| {
+        let message = match e {
+            sluice_flow::FlowError::Config { message, .. } | sluice_flow::FlowError::Fatal { message, .. } => message,
+        };
+        OptionError { field: backticked(&message), message }
+    })
+}
+
+/// Deserializes one half of a source's table, naming the field at fault.
+fn parse<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, OptionError> {
+    let mut track = serde_path_to_error::Track::new();
+    T::deserialize(serde_path_to_error::Deserializer::new(toml::Value::Table(table), &mut track)).map_err(|e| {
+        let path = track.path().to_string();
+        let mut message = e.to_string();
+        if message.starts_with("unknown field") {
+            message.push_str(&format!("; or one the options every source takes: {}", config::COMMON_FIELDS.join(", ")));
+        }
+        OptionError { field: (!path.is_empty() && path != ".").then_some(path), message }
+    })
+}
+
+/// The first `backticked` word of a message (the option a check names).
+fn backticked(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = message[start..].find('`')? + start;
+    Some(message[start..end].to_owned())
 }

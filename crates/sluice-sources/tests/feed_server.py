@@ -27,7 +27,8 @@ p.add_argument("--live", action="store_true", help="one shared clock: seq N is d
 p.add_argument("--stall-after", type=int, default=0, help="1st connection: stop sending after K (socket open)")
 p.add_argument("--half-dead-after", type=int, default=0, help="1st connection: stop reading and sending after K")
 p.add_argument("--reject-first", type=int, default=0, help="answer the first N handshakes with 503")
-p.add_argument("--healthy-ms", type=int, default=0, help="close every connection after X ms (sending nothing)")
+p.add_argument("--healthy-ms", type=int, default=0, help="send one message ({\"seq\": connection number}), close after X ms")
+p.add_argument("--empty-ms", type=int, default=0, help="close every connection after X ms, sending nothing")
 p.add_argument("--subscribe", action="store_true", help="wait for {op: subscribe, after: N}")
 p.add_argument("--pad", type=int, default=0, help="pad data to this many characters")
 p.add_argument("--binary", action="store_true", help="send every other message as a binary frame")
@@ -84,8 +85,10 @@ async def handler(ws):
             after = int(sub.get("after", 0))
             # Any further subscribe messages are logged as they come.
             asyncio.ensure_future(log_more(ws, n))
-        if args.healthy_ms:
-            await asyncio.sleep(args.healthy_ms / 1000)
+        if args.healthy_ms or args.empty_ms:
+            if args.healthy_ms:
+                await ws.send(json.dumps({"seq": n}))
+            await asyncio.sleep((args.healthy_ms or args.empty_ms) / 1000)
             await ws.close(1001, "rotate")
             return
         seq = max(after - args.replay, 0)

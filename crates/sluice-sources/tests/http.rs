@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{Request, assert_sequence, metrics_recorder, start, write_chunk};
 use sluice_flow::Source;
-use sluice_sources::http::{HttpConfig, build};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -17,8 +16,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 fn source(name: &str, toml_text: &str) -> Box<dyn Source> {
-    let config: HttpConfig = toml::from_str(toml_text).unwrap_or_else(|e| panic!("config: {e}\n{toml_text}"));
-    build(name, config).unwrap_or_else(|e| panic!("build: {e}"))
+    common::build("http", name, toml_text)
 }
 
 /// Sends `text` as 7-byte chunks (lines straddle chunks).
@@ -203,7 +201,10 @@ async fn rotation_overlaps_and_deduplicates() {
     assert_sequence(&events, 1, 400);
     let rotations = m.counter("sluice_source_reconnects_total", &[("source", "ndjson-rotate"), ("cause", "rotation")]);
     assert!(rotations >= 1, "{}", m.dump("sluice_source"));
-    assert!(m.counter("sluice_source_duplicates_total", &[("source", "ndjson-rotate")]) >= 3 * rotations);
+    assert!(
+        m.counter("sluice_source_duplicates_total", &[("source", "ndjson-rotate"), ("reason", "rotation")])
+            >= 3 * rotations
+    );
     run.stop().await;
 }
 

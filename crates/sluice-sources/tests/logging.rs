@@ -7,13 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::{PyServer, assert_sequence, metrics_recorder, start};
-use sluice_sources::websocket::{WebSocketConfig, build};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn source(name: &str, toml_text: &str) -> Box<dyn sluice_flow::Source> {
-    let config: WebSocketConfig = toml::from_str(toml_text).unwrap_or_else(|e| panic!("config: {e}\n{toml_text}"));
-    build(name, config).unwrap_or_else(|e| panic!("build: {e}"))
+    common::build("websocket", name, toml_text)
 }
 
 #[tokio::test]
@@ -51,7 +49,14 @@ resume = {{ cursor = "/seq", url = "{}" }}
         server.url("/feed?token=s3cret-query"),
         server.url("/feed?token=s3cret-query&after={cursor}")
     );
-    let config_debug = format!("{:?}", toml::from_str::<WebSocketConfig>(&config).expect("config"));
+    let table: toml::Table = toml::from_str(&config).expect("config");
+    let (common, own): (toml::Table, toml::Table) =
+        table.into_iter().partition(|(k, _)| sluice_sources::config::COMMON_FIELDS.contains(&k.as_str()));
+    let config_debug = format!(
+        "{:?} {:?}",
+        toml::Value::Table(common).try_into::<sluice_sources::CommonConfig>().expect("common"),
+        toml::Value::Table(own).try_into::<sluice_sources::WebSocketConfig>().expect("own")
+    );
     assert!(!config_debug.contains("s3cret"), "{config_debug}");
     let mut run = start("secrets", source("secrets", &config), None, 64);
     assert_sequence(&run.take(30, WITHIN).await, 1, 30);

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::{assert_sequence, metrics_recorder, start};
 use sluice_flow::Source;
-use sluice_sources::sse::{SseConfig, build};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -16,8 +15,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n";
 
 fn source(name: &str, toml_text: &str) -> Box<dyn Source> {
-    let config: SseConfig = toml::from_str(toml_text).unwrap_or_else(|e| panic!("config: {e}\n{toml_text}"));
-    build(name, config).unwrap_or_else(|e| panic!("build: {e}"))
+    common::build("sse", name, toml_text)
 }
 
 /// Writes `text` in two halves, so events straddle reads.
@@ -64,7 +62,7 @@ async fn ids_are_cursors_and_last_event_id_resumes_exactly_once() {
     let ids = seen.lock().unwrap().clone();
     assert_eq!(ids, [None, Some("30".into()), Some("60".into()), Some("90".into())]);
     assert_eq!(m.counter("sluice_source_reconnects_total", &[("source", "sse"), ("cause", "closed")]), 3);
-    assert_eq!(m.counter("sluice_source_duplicates_total", &[("source", "sse")]), 0);
+    assert_eq!(m.total("sluice_source_duplicates_total", "sse"), 0);
     run.stop().await;
 }
 

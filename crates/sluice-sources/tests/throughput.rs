@@ -11,7 +11,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use sluice_sources::websocket::{WebSocketConfig, build};
 use tokio::io::AsyncWriteExt;
 
 const MESSAGES: u64 = 300_000;
@@ -55,9 +54,8 @@ async fn run_once(m: &common::TestRecorder, pointer: bool) -> (f64, f64) {
     if pointer {
         text.push_str("\nresume = { cursor = \"/seq\" }");
     }
-    let config: WebSocketConfig = toml::from_str(&text).expect("config");
     let name = if pointer { "tp-cursor" } else { "tp-plain" };
-    let mut run = common::start(name, build(name, config).expect("build"), None, 4096);
+    let mut run = common::start(name, common::build("websocket", name, &text), None, 4096);
     let first = run.take(1, Duration::from_secs(10)).await;
     let started = Instant::now();
     let cpu_start = cpu_seconds();

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use common::{PyServer, Run, assert_sequence, metrics_recorder, seq, start};
 use sluice_flow::Source;
-use sluice_sources::websocket::{WebSocketConfig, build};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
 fn source(name: &str, toml_text: &str) -> Box<dyn Source> {
-    let config: WebSocketConfig = toml::from_str(toml_text).unwrap_or_else(|e| panic!("config: {e}\n{toml_text}"));
-    build(name, config).unwrap_or_else(|e| panic!("build: {e}"))
+    common::build("websocket", name, toml_text)
 }
 
 /// Options every test shares: fast reconnects, resume from `?after=`.
@@ -84,7 +82,7 @@ async fn every_event_exactly_once_across_cuts_with_and_without_close_frames() {
     assert_eq!(count(&m, "sluice_source_reconnects_total", "cuts", &[("cause", "closed")]), 4, "{}", m.dump(""));
     assert_eq!(count(&m, "sluice_source_reconnects_total", "cuts", &[("cause", "error")]), 3, "{}", m.dump(""));
     assert_eq!(count(&m, "sluice_source_messages_total", "cuts", &[]), 300);
-    assert_eq!(count(&m, "sluice_source_duplicates_total", "cuts", &[]), 0);
+    assert_eq!(m.total("sluice_source_duplicates_total", "cuts"), 0);
     assert_eq!(count(&m, "sluice_source_gaps_total", "cuts", &[]), 0);
     assert_eq!(m.gauge("sluice_source_cursor", &[("source", "cuts")]), 300.0);
     assert_eq!(m.gauge("sluice_source_connected", &[("source", "cuts")]), 1.0);
@@ -102,7 +100,7 @@ async fn replayed_messages_are_dropped_as_duplicates() {
     run.expect_nothing(Duration::from_millis(300)).await;
     let connects = count(&m, "sluice_source_connects_total", "replay", &[]);
     assert!(connects >= 5, "{connects}");
-    assert_eq!(count(&m, "sluice_source_duplicates_total", "replay", &[]), 5 * (connects - 1));
+    assert_eq!(count(&m, "sluice_source_duplicates_total", "replay", &[("reason", "cursor")]), 5 * (connects - 1));
     stop(&mut run).await;
 }
 
@@ -115,7 +113,7 @@ async fn a_resume_cursor_from_the_spool_is_honoured() {
     assert_sequence(&events, 51, 80);
     run.expect_nothing(Duration::from_millis(200)).await;
     assert_eq!(server.events("connect")[0]["path"], "/feed?after=50");
-    assert_eq!(count(&m, "sluice_source_duplicates_total", "spool", &[]), 3);
+    assert_eq!(count(&m, "sluice_source_duplicates_total", "spool", &[("reason", "cursor")]), 3);
     // The age of the last message is reported every second.
     let age = || m.gauge("sluice_source_last_message_age_seconds", &[("source", "spool")]);
     eventually(Duration::from_secs(5), "last message age reported", || age() >= 0.5).await;
@@ -132,7 +130,9 @@ async fn gaps_are_counted_and_the_stream_goes_on() {
     let seqs: Vec<i64> = events.iter().map(seq).collect();
     let expected: Vec<i64> = (1..=49).chain(55..=100).collect();
     assert_eq!(seqs, expected);
-    assert_eq!(count(&m, "sluice_source_gaps_total", "gaps", &[]), 5);
+    // One jump, five values missing.
+    assert_eq!(count(&m, "sluice_source_gaps_total", "gaps", &[]), 1);
+    assert_eq!(count(&m, "sluice_source_missing_total", "gaps", &[]), 5);
     stop(&mut run).await;
 }
 
@@ -161,7 +161,7 @@ rotation_overlap = "5s"
     run.expect_nothing(Duration::from_millis(300)).await;
     let rotations = count(&m, "sluice_source_reconnects_total", "rotate", &[("cause", "rotation")]);
     assert!(rotations >= 2, "{}", m.dump("sluice_source"));
-    assert!(count(&m, "sluice_source_duplicates_total", "rotate", &[]) >= 20 * rotations);
+    assert!(m.total("sluice_source_duplicates_total", "rotate") >= 20 * rotations);
     // Nothing but rotations ended a connection.
     for cause in ["closed", "error", "idle_timeout", "pong_timeout", "handshake_failed"] {
         assert_eq!(count(&m, "sluice_source_reconnects_total", "rotate", &[("cause", cause)]), 0, "{cause}");
@@ -364,31 +364,61 @@ backoff_max = "2s"
     stop(&mut run).await;
 }
 
+/// The gaps between each connection's close and the next connection, in seconds.
+fn reconnect_gaps(server: &PyServer, connects: &[serde_json::Value], range: std::ops::RangeInclusive<i64>) -> Vec<f64> {
+    let closed = server.events("closed");
+    range
+        .map(|n| {
+            let up = connects.iter().find(|c| c["n"] == n).and_then(|c| c["t"].as_f64()).expect("connect");
+            let down = closed.iter().find(|c| c["n"] == n - 1).and_then(|c| c["t"].as_f64()).expect("closed");
+            up - down
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn backoff_resets_after_a_healthy_connection() {
-    let (_m, _g) = metrics_recorder();
-    // Seven failures push the ceiling to backoff_max (1 s); then every connection lives 400 ms
-    // (longer than backoff_reset_after) and is closed by the server.
-    let server = PyServer::start(&["--reject-first", "7", "--healthy-ms", "400"]).await;
+async fn a_connection_that_delivered_is_reconnected_at_once_however_often() {
+    let (m, _g) = metrics_recorder();
+    // Seven failures push the ceiling to backoff_max (1 s); then every connection delivers one
+    // message and is closed by the server 100 ms later, again and again.
+    let server = PyServer::start(&["--reject-first", "7", "--healthy-ms", "100"]).await;
     let config = format!(
         r#"
 url = "{}"
 backoff_initial = "20ms"
 backoff_max = "1s"
-backoff_reset_after = "300ms"
 "#,
         server.url("/feed")
     );
-    let mut run = start("reset", source("reset", &config), None, 8);
-    let connects = server.wait_for("connect", 4, Duration::from_secs(20)).await;
-    let closed = server.events("closed");
-    for n in 2..=4 {
-        let up = connects.iter().find(|c| c["n"] == n).and_then(|c| c["t"].as_f64()).expect("connect");
-        let down = closed.iter().find(|c| c["n"] == n - 1).and_then(|c| c["t"].as_f64()).expect("closed");
-        let gap = up - down;
-        // After the reset the ceiling is 20 ms again (the unreset one would be 1 s).
-        assert!(gap < 0.15, "reconnect {n} came {gap:.3} s after the close");
+    let mut run = start("reset", source("reset", &config), None, 64);
+    let connects = server.wait_for("connect", 8, Duration::from_secs(20)).await;
+    // Within backoff_initial (20 ms, plus scheduling) every time, never growing.
+    for (i, gap) in reconnect_gaps(&server, &connects, 2..=8).into_iter().enumerate() {
+        assert!(gap < 0.15, "reconnect {} came {gap:.3} s after the close", i + 2);
     }
+    assert!(run.take(7, WITHIN).await.len() == 7);
+    assert!(count(&m, "sluice_source_reconnect_waits_total", "reset", &[]) >= 7);
+    stop(&mut run).await;
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_any_message_is_a_failure_to_back_off_from() {
+    let (_m, _g) = metrics_recorder();
+    // Every connection is accepted and closed 50 ms later without a message.
+    let server = PyServer::start(&["--empty-ms", "50"]).await;
+    let config = format!(
+        r#"
+url = "{}"
+backoff_initial = "20ms"
+backoff_max = "5s"
+"#,
+        server.url("/feed")
+    );
+    let mut run = start("empty", source("empty", &config), None, 8);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let attempts = server.events("connect").len();
+    // Without growth (20 ms ceilings, 50 ms up each time) this would be ~40 attempts.
+    assert!((3..=15).contains(&attempts), "{attempts} attempts in 2.5 s");
     stop(&mut run).await;
 }
 
@@ -430,13 +460,7 @@ async fn a_message_too_large_to_buffer_breaks_only_the_connection() {
 #[test]
 fn configs_are_checked() {
     fn err(text: &str) -> String {
-        match toml::from_str::<WebSocketConfig>(text) {
-            Err(e) => e.to_string(),
-            Ok(c) => match build("bad", c) {
-                Err(e) => e.to_string(),
-                Ok(_) => String::new(),
-            },
-        }
+        common::try_build("websocket", "bad", text).err().unwrap_or_default()
     }
     assert!(err("url = \"http://x/\"").contains("scheme"));
     assert!(err("url = \"ws://x/\"\nurll = 1").contains("unknown field"));
@@ -451,12 +475,23 @@ fn configs_are_checked() {
         err("url = \"wss://x/\"\nheartbeat = { message = \"ping\", interval = \"5s\" }\nmax_connection_age = \"1h\""),
         ""
     );
-    let table: toml::Value = toml::from_str("url = \"ws://x/\"\nnope = 1").expect("toml");
-    let e = sluice_sources::build_from("bad", "websocket", table).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("unknown field `nope`"), "{e}");
-    let table: toml::Value = toml::from_str("url = \"ws://x/\"").expect("toml");
-    assert!(sluice_sources::build_from("ok", "websocket", table.clone()).is_ok());
-    assert!(sluice_sources::build_from("ok", "kafka", table).is_err());
+    let e = err("url = \"ws://x/\"\nnope = 1");
+    assert!(e.contains("unknown field `nope`") && e.contains("replicas"), "{e}");
+    assert!(err("url = \"ws://x/\"").is_empty());
+    assert!(common::try_build("kafka", "ok", "url = \"ws://x/\"").is_err());
+    // Redundant connections need de-duplication, and the options are checked.
+    let e = err("url = \"ws://x/\"\nreplicas = 2");
+    assert!(e.contains("replicas") && e.contains("dedup"), "{e}");
+    assert!(err("url = \"ws://x/\"\nreplicas = 2\ndedup = { key = [\"/seq\"] }").is_empty());
+    assert!(err("url = \"ws://x/\"\nreplicas = 2\ndedup = { key = \"content\", window = \"10m\" }").is_empty());
+    assert!(err("url = \"ws://x/\"\ndedup = { key = \"contents\" }").contains("content"));
+    assert!(
+        err("url = \"ws://x/\"\ndedup = { key = [\"/seq\"], window = { events = 5, duration = \"1m\" } }").is_empty()
+    );
+    assert!(err("url = \"ws://x/\"\ndedup = { key = [\"/seq\"], window = { events = 0 } }").contains("dedup.window"));
+    assert!(err("url = \"ws://x/\"\nalarm = { command = [\"true\"] }").contains("alarm.command"));
+    assert!(err("url = \"ws://x/\"\nalarm = { silence = \"soon\" }").contains("invalid duration"));
+    assert!(err("url = \"ws://x/\"\ngaps = { field = \"seq\" }").contains("gaps.field"));
 }
 
 #[tokio::test]

@@ -13,14 +13,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use sluice_flow::{FlowError, Source, SourceContext};
+use sluice_flow::{FlowError, Source};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::{
-    self, Address, Escape, HeaderTemplate, Headers, Reconnect, Redacted, ResumeConfig, ResumePlan, Template,
-};
-use crate::supervisor::{self, Cause, ConnRequest, Link, Sent, Settings, Transport};
+use crate::config::{self, CommonConfig, Escape, HeaderTemplate, Redacted, ResumePlan, Template};
+use crate::supervisor::{Cause, ConnRequest, Link, Sent, SupervisedSource, Transport};
 use lines::{Line, LineSplitter};
 
 /// The request method.
@@ -34,12 +32,10 @@ pub enum Method {
     Post,
 }
 
-/// `[sources.NAME]` with `type = "http"`.
+/// The `http` options of `[sources.NAME]` (besides the [`CommonConfig`] ones).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// `http://` or `https://` URL of the stream.
-    pub url: Address,
     /// `"GET"` (default) or `"POST"`.
     #[serde(default)]
     pub method: Method,
@@ -47,83 +43,30 @@ pub struct HttpConfig {
     /// to resume after (JSON-string escaped), or `resume.initial` when none is known yet.
     #[serde(default)]
     pub body: Option<Redacted>,
-    /// Extra HTTP request headers (e.g. `Authorization`). Values are secret: never logged. A
-    /// value containing `{cursor}` is sent only when a cursor is known.
-    #[serde(default)]
-    pub headers: Headers,
-    /// Reconnect when no bytes arrive for this long. `"0s"` turns it off. Default `"60s"`.
-    #[serde(default = "config::default_idle_timeout", deserialize_with = "config::duration")]
-    pub idle_timeout: Duration,
-    /// Limit for connecting and receiving the response headers. Default `"10s"`.
-    #[serde(default = "config::default_connect_timeout", deserialize_with = "config::duration")]
-    pub connect_timeout: Duration,
-    /// First reconnect delay ceiling; each failed attempt doubles it (full jitter). Default `"250ms"`.
-    #[serde(default = "config::default_backoff_initial", deserialize_with = "config::duration")]
-    pub backoff_initial: Duration,
-    /// Largest reconnect delay. Default `"30s"`.
-    #[serde(default = "config::default_backoff_max", deserialize_with = "config::duration")]
-    pub backoff_max: Duration,
-    /// A connection that stayed up this long resets the backoff. Default `"30s"`.
-    #[serde(default = "config::default_backoff_reset_after", deserialize_with = "config::duration")]
-    pub backoff_reset_after: Duration,
-    /// Rotate connections older than this: the next connection is opened first, and the old
-    /// one is closed as soon as the two streams meet (make-before-break; the overlap is
-    /// de-duplicated by cursor, or by payload without one). At least `"1s"`. Default: none.
-    #[serde(default, deserialize_with = "config::opt_duration")]
-    pub max_connection_age: Option<Duration>,
-    /// During a rotation, the longest the old connection stays in use after the new one is up
-    /// (the switch normally comes as soon as the two streams meet), and how long after the
-    /// switch the two connections' messages are still compared. Default `"10s"`.
-    #[serde(default = "config::default_rotation_overlap", deserialize_with = "config::duration")]
-    pub rotation_overlap: Duration,
-    /// Cursor and resume: `{ cursor = "/seq", url = "…{cursor}", initial = "0" }`.
-    #[serde(default)]
-    pub resume: Option<ResumeConfig>,
-    /// Longer lines are dead-lettered (`too_large`) and counted; the stream goes on. Default
-    /// 1048576 (1 MiB).
-    #[serde(default = "config::default_max_message_bytes")]
-    pub max_message_bytes: usize,
 }
 
 const SCHEMES: &[&str] = &["http", "https"];
 
-/// Checks `config` and returns the source.
-pub fn build(name: &str, config: HttpConfig) -> Result<Box<dyn Source>, FlowError> {
-    let url = config::parse_url(name, "url", &config.url.0, SCHEMES)?;
-    config::check_positive(name, "connect_timeout", config.connect_timeout)?;
-    let headers = config::parse_headers(name, &config.headers)?;
+/// Checks the options and returns the source.
+pub fn build(name: &str, common: CommonConfig, config: HttpConfig) -> Result<Box<dyn Source>, FlowError> {
     let bodies: Vec<&str> = config.body.iter().map(|b| b.0.as_str()).collect();
-    let resume = ResumePlan::from_config(name, config.resume.as_ref(), SCHEMES, &bodies)?;
+    let common = common.check(name, SCHEMES, &bodies)?;
     if config.body.is_some() && config.method == Method::Get {
         return Err(config::config_error(name, "`body` needs method = \"POST\""));
     }
-    let reconnect = Reconnect {
-        backoff_initial: config.backoff_initial,
-        backoff_max: config.backoff_max,
-        backoff_reset_after: config.backoff_reset_after,
-        max_connection_age: config.max_connection_age,
-        rotation_overlap: config.rotation_overlap,
-    };
-    reconnect.check(name)?;
-    if config.max_message_bytes == 0 {
-        return Err(config::config_error(name, "`max_message_bytes` must be greater than zero"));
-    }
     let transport = HttpTransport {
-        client: client(name, config.connect_timeout)?,
-        endpoint: config::endpoint(&url),
-        url,
+        client: client(name, common.connect_timeout)?,
+        endpoint: common.endpoint,
+        url: common.url,
         method: config.method,
         body: config.body.as_ref().map(|b| Template::new(&b.0)),
-        headers,
-        resume: resume.clone(),
-        idle_timeout: config::nonzero(config.idle_timeout),
-        connect_timeout: config.connect_timeout,
-        read_limit: config::hard_limit(config.max_message_bytes),
+        headers: common.headers,
+        resume: common.settings.resume.clone(),
+        idle_timeout: common.idle_timeout,
+        connect_timeout: common.connect_timeout,
+        read_limit: common.read_limit,
     };
-    Ok(Box::new(HttpSource {
-        transport: Arc::new(transport),
-        settings: Some(Settings { reconnect, resume, max_message_bytes: config.max_message_bytes }),
-    }))
+    Ok(Box::new(SupervisedSource { transport: Arc::new(transport), settings: common.settings }))
 }
 
 /// The HTTP client of one source (TLS with the platform's roots). Every (re)connect opens a
@@ -153,24 +96,6 @@ pub(crate) fn describe(e: reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-struct HttpSource {
-    transport: Arc<HttpTransport>,
-    settings: Option<Settings>,
-}
-
-impl Source for HttpSource {
-    fn run(mut self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), FlowError>> {
-        let settings = self.settings.take();
-        let transport = self.transport.clone();
-        Box::pin(async move {
-            let Some(settings) = settings else {
-                return Err(FlowError::Fatal { component: ctx.name, message: "source already ran".into() });
-            };
-            supervisor::run(transport, settings, ctx).await
-        })
-    }
 }
 
 struct HttpTransport {

@@ -1,6 +1,9 @@
-//! Exponential backoff with full jitter: the n-th consecutive failed attempt waits a uniformly
-//! random time in `[0, min(max, initial × 2ⁿ)]`. A connection that stayed up for
-//! `reset_after` starts the sequence over.
+//! Reconnect delays. A connection that delivered at least one message and then dropped is no
+//! failure: the next attempt comes after a uniformly random time in `[0, initial]`, however
+//! often that happens (a provider that cuts every connection after a second must not be
+//! answered with ever longer waits while it keeps sending). Only consecutive *failed* attempts
+//! back off exponentially with full jitter: the n-th waits a random time in
+//! `[0, min(max, initial × 2ⁿ)]`.
 
 use std::time::Duration;
 
@@ -11,13 +14,12 @@ use rand::Rng;
 pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
-    reset_after: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration, reset_after: Duration) -> Backoff {
-        Backoff { initial, max, reset_after, attempt: 0 }
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { initial, max, attempt: 0 }
     }
 
     /// The upper bound of the next delay.
@@ -26,31 +28,30 @@ impl Backoff {
         self.initial.checked_mul(factor).unwrap_or(self.max).min(self.max)
     }
 
-    /// How many delays have been handed out since the last reset.
+    /// How many failed attempts in a row the next delay follows.
     pub(crate) fn attempt(&self) -> u32 {
         self.attempt
     }
 
-    /// The next delay (and one step further for the one after).
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        self.next_delay_with(&mut rand::rng())
+    /// The delay before the next attempt after a connection ended; `delivered`: it delivered
+    /// at least one message (then the failure count starts over).
+    pub(crate) fn after(&mut self, delivered: bool) -> Duration {
+        self.after_with(delivered, &mut rand::rng())
     }
 
-    pub(crate) fn next_delay_with<R: Rng>(&mut self, rng: &mut R) -> Duration {
+    pub(crate) fn after_with<R: Rng>(&mut self, delivered: bool, rng: &mut R) -> Duration {
+        if delivered {
+            self.attempt = 0;
+        }
         let ceiling = self.ceiling();
-        self.attempt = self.attempt.saturating_add(1);
+        if !delivered {
+            self.attempt = self.attempt.saturating_add(1);
+        }
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.random_range(0..=nanos))
     }
 
-    /// A connection ended after being up for `up_for` (`None`: it never came up). A healthy one
-    /// (up at least `reset_after`) resets the sequence.
-    pub(crate) fn connection_ended(&mut self, up_for: Option<Duration>) {
-        if up_for.is_some_and(|d| d >= self.reset_after) {
-            self.reset();
-        }
-    }
-
+    /// Starts the failure count over.
     pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -62,19 +63,38 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn ceilings_double_up_to_the_max_and_delays_stay_below_them() {
+    fn failures_double_the_ceiling_up_to_the_max_and_delays_stay_below_it() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(3), Duration::from_secs(10));
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
         let expected = [100, 200, 400, 800, 1600, 3000, 3000, 3000];
         for ms in expected {
             assert_eq!(b.ceiling(), Duration::from_millis(ms));
-            let d = b.next_delay_with(&mut rng);
+            let d = b.after_with(false, &mut rng);
             assert!(d <= Duration::from_millis(ms), "{d:?} > {ms}ms");
         }
         for _ in 0..100 {
-            b.next_delay_with(&mut rng);
+            b.after_with(false, &mut rng);
         }
         assert_eq!(b.ceiling(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_connection_that_delivered_is_reconnected_within_the_initial_delay_every_time() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut b = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+        for _ in 0..5 {
+            b.after_with(false, &mut rng);
+        }
+        assert_eq!(b.attempt(), 5);
+        // Cut after a second of data, a thousand times in a row: never more than 250 ms.
+        for _ in 0..1000 {
+            assert!(b.after_with(true, &mut rng) <= Duration::from_millis(250));
+        }
+        assert_eq!(b.attempt(), 0);
+        // The next failure starts from the bottom again.
+        assert_eq!(b.ceiling(), Duration::from_millis(250));
+        b.after_with(false, &mut rng);
+        assert_eq!(b.ceiling(), Duration::from_millis(500));
     }
 
     #[test]
@@ -83,8 +103,8 @@ mod tests {
         let mut low = 0;
         let mut high = 0;
         for _ in 0..1000 {
-            let mut b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(1), Duration::from_secs(1));
-            let d = b.next_delay_with(&mut rng);
+            let mut b = Backoff::new(Duration::from_millis(1000), Duration::from_secs(1));
+            let d = b.after_with(false, &mut rng);
             if d < Duration::from_millis(250) {
                 low += 1;
             }
@@ -93,20 +113,5 @@ mod tests {
             }
         }
         assert!(low > 150 && high > 150, "low {low} high {high}");
-    }
-
-    #[test]
-    fn only_a_healthy_connection_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30), Duration::from_secs(10));
-        for _ in 0..5 {
-            b.next_delay();
-        }
-        assert_eq!(b.ceiling(), Duration::from_millis(3200));
-        b.connection_ended(None);
-        b.connection_ended(Some(Duration::from_secs(9)));
-        assert_eq!(b.attempt(), 5);
-        b.connection_ended(Some(Duration::from_secs(10)));
-        assert_eq!(b.attempt(), 0);
-        assert_eq!(b.ceiling(), Duration::from_millis(100));
     }
 }

@@ -1,25 +1,33 @@
-//! The connection supervisor shared by every source.
+//! The connection supervisor shared by every source: [`SupervisedSource`] runs any
+//! [`Transport`] (WebSocket, SSE, NDJSON over HTTP).
 //!
-//! A [`Transport`] knows how to open one connection and read it (WebSocket, SSE, NDJSON); each
-//! connection runs as its own task and reports [`ConnEvent`]s (up, data, ended) on one bounded
-//! channel. The supervisor task owns everything else and is the only place state changes:
+//! A transport knows how to open one connection and read it; each connection runs as its own
+//! task and reports [`ConnEvent`]s (up, data, ended, gone) on one bounded channel. The
+//! supervisor task owns everything else and is the only place state changes:
 //!
-//! * reconnects forever, with exponential backoff and full jitter, reset after a healthy period;
-//! * rotation: at `max_connection_age` it opens the next connection while the old one keeps
-//!   forwarding (make-before-break), holds the new one's messages back, and switches as soon
-//!   as the two streams meet (or after `rotation_overlap`, or when the old one ends);
-//!   see [`processor`] for how the overlap is de-duplicated;
-//! * every message passes through the [`processor::Processor`] (size limit, cursor,
-//!   de-duplication, gaps, rotation overlap) and is then sent into the pipeline's events channel.
-//!   That send may wait (the spool's back-pressure); while it waits, connection tasks block on
-//!   the internal channel and stop reading their sockets, so nothing piles up in memory;
+//! * `replicas` connection **slots** (`Slot`), each with its own connection, reconnects and
+//!   rotation. All slots connect at start; with rotation, slot *i* first rotates after
+//!   `max_connection_age × (i + 1) / replicas`, so replicas stay spread out in time;
+//! * reconnects forever: right away (within `backoff_initial`) after a connection that
+//!   delivered data, with exponential backoff and full jitter only after failed attempts
+//!   ([`backoff`]);
+//! * rotation: at `max_connection_age` a slot opens its next connection while the old one
+//!   keeps forwarding (make-before-break), and hands over where the two streams align
+//!   ([`rotation`]);
+//! * every message then passes through the [`admission::Admission`] shared by all slots
+//!   (size limit, cursor, de-duplication across replicas, gaps) and is sent into the
+//!   pipeline's events channel. That send may wait (the spool's back-pressure); while it
+//!   waits, connection tasks block on the internal channel and stop reading their sockets,
+//!   so nothing piles up in memory;
+//! * alarms (silence, no connection) are checked on a tick ([`crate::alarm`]);
 //! * shutdown cancels every connection (they send a close where the protocol has one) and
 //!   waits for them briefly.
 //!
 //! Liveness (idle and pong timeouts) is the connection task's job, since only it sees the socket.
 
+pub(crate) mod admission;
 pub(crate) mod backoff;
-pub(crate) mod processor;
+pub(crate) mod rotation;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,16 +35,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use sluice_flow::{Event, FlowError, SourceContext};
+use sluice_flow::{Event, FlowError, Source, SourceContext};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Reconnect, ResumePlan};
+use crate::alarm::AlarmWatch;
+use crate::config::{Reconnect, Settings};
 use crate::metrics::SourceMetrics;
+use admission::{Admission, Message};
 use backoff::Backoff;
-use processor::{Origin, Processor};
+use rotation::Rotation;
 
 /// Identifies one connection attempt within a source.
 pub(crate) type ConnId = u64;
@@ -88,6 +98,8 @@ pub(crate) enum ConnEvent {
     RetryHint { delay: Duration },
     /// The connection is over (or never opened).
     Ended { id: ConnId, cause: Cause, detail: String },
+    /// The connection's task has finished: nothing more will come from it.
+    Gone { id: ConnId },
 }
 
 /// The result of handing a message to the supervisor.
@@ -175,11 +187,17 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn run_connection(self: Arc<Self>, req: ConnRequest) -> BoxFuture<'static, ()>;
 }
 
-/// The timing and message rules every source shares.
-pub(crate) struct Settings {
-    pub reconnect: Reconnect,
-    pub resume: ResumePlan,
-    pub max_message_bytes: usize,
+/// A source: one transport, supervised. Every kind is this with its own [`Transport`].
+pub(crate) struct SupervisedSource<T> {
+    pub transport: Arc<T>,
+    pub settings: Settings,
+}
+
+impl<T: Transport> Source for SupervisedSource<T> {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), FlowError>> {
+        let SupervisedSource { transport, settings } = *self;
+        Box::pin(run(transport, settings, ctx))
+    }
 }
 
 /// Internal channel capacity: bounds what is in flight between the sockets and the spool.
@@ -188,13 +206,58 @@ const CHANNEL_CAPACITY: usize = 1024;
 const BATCH: usize = 256;
 /// How long shutdown waits for connections to send their close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often alarms, gap deadlines and gauges are checked.
+const TICK: Duration = Duration::from_millis(250);
 
-struct Slot {
+/// One connection (attempt).
+struct Conn {
     id: ConnId,
     _close_on_drop: DropGuard,
     join: JoinHandle<()>,
     opened: Instant,
     up_since: Option<Instant>,
+    /// It delivered at least one message (so its end is no failure to back off from).
+    delivered: bool,
+}
+
+/// One replica: a connection kept alive, rotated, and reconnected on its own.
+struct Replica {
+    /// The connection being forwarded from (or being opened).
+    primary: Option<Conn>,
+    /// A rotation's next connection, until it takes over.
+    standby: Option<Conn>,
+    /// The connection replaced by the last rotation, while its last messages may arrive.
+    retired: Option<ConnId>,
+    backoff: Backoff,
+    rotation_backoff: Backoff,
+    rotation: Rotation<Message>,
+    reconnect_at: Option<Instant>,
+    rotate_at: Option<Instant>,
+    /// The first rotation comes after this (replicas are spread over `max_connection_age`).
+    first_age: Option<Duration>,
+    /// During a rotation: switch to the standby at this time even if not aligned.
+    switch_at: Option<Instant>,
+    /// After a rotation's switch: stop reconciling the two connections at this time.
+    overlap_done_at: Option<Instant>,
+    retry_floor: Option<Duration>,
+}
+
+impl Replica {
+    fn deadlines(&self) -> impl Iterator<Item = Instant> {
+        [self.reconnect_at, self.rotate_at, self.switch_at, self.overlap_done_at].into_iter().flatten()
+    }
+
+    fn live(&self) -> usize {
+        [&self.primary, &self.standby].into_iter().flatten().filter(|c| c.up_since.is_some()).count()
+    }
+}
+
+/// What a connection is to its replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Standby,
+    Retired,
 }
 
 /// Runs a source until shutdown.
@@ -203,33 +266,56 @@ pub(crate) async fn run<T: Transport>(
     settings: Settings,
     ctx: SourceContext,
 ) -> Result<(), FlowError> {
-    let SourceContext { name, resume_cursor, events, dead_letters, shutdown, .. } = ctx;
+    let SourceContext { name, resume_cursor, events, dead_letters, shutdown, alarms, history } = ctx;
     if *shutdown.borrow() {
         return Ok(());
     }
     let (tx, mut rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let processor = Processor::new(&name, SourceMetrics::new(&name), dead_letters, &settings, resume_cursor);
-    let reconnect = settings.reconnect;
+    let mut admission = Admission::new(&name, SourceMetrics::new(&name), dead_letters, &settings, resume_cursor);
+    if let (Some((max, since_ms)), Some(history)) = (admission.history_wanted(), history) {
+        let spooled = tokio::task::spawn_blocking(move || history.recent(max, since_ms)).await.unwrap_or_default();
+        let n = admission.remember(&spooled);
+        if n > 0 {
+            tracing::info!(source = %name, events = n, "de-duplication window refilled from the spool");
+        }
+    }
+    let reconnect = settings.reconnect.clone();
+    let replicas = settings.replicas;
+    let rotating = reconnect.max_connection_age.is_some();
     let mut sup = Supervisor {
-        backoff: Backoff::new(reconnect.backoff_initial, reconnect.backoff_max, reconnect.backoff_reset_after),
-        rotation_backoff: Backoff::new(reconnect.backoff_initial, reconnect.backoff_max, reconnect.backoff_reset_after),
+        alarms: AlarmWatch::new(&name, &settings.alarm, alarms),
+        slots: (0..replicas)
+            .map(|index| Replica {
+                primary: None,
+                standby: None,
+                retired: None,
+                backoff: Backoff::new(reconnect.backoff_initial, reconnect.backoff_max),
+                rotation_backoff: Backoff::new(reconnect.backoff_initial, reconnect.backoff_max),
+                rotation: Rotation::new(rotating),
+                reconnect_at: None,
+                rotate_at: None,
+                first_age: reconnect.max_connection_age.map(|age| age.mul_f64((index + 1) as f64 / replicas as f64)),
+                switch_at: None,
+                overlap_done_at: None,
+                retry_floor: None,
+            })
+            .collect(),
         reconnect,
         name,
         transport,
-        processor,
+        admission,
         tx,
         next_id: 1,
-        primary: None,
-        standby: None,
         retired: Vec::new(),
-        reconnect_at: None,
-        rotate_at: None,
-        switch_at: None,
-        overlap_done_at: None,
-        retry_floor: None,
+        batch: Vec::new(),
     };
-    tracing::info!(source = %sup.name, kind = sup.transport.kind(), endpoint = sup.transport.endpoint(), "source starting");
-    sup.open_primary();
+    tracing::info!(
+        source = %sup.name, kind = sup.transport.kind(), endpoint = sup.transport.endpoint(), replicas,
+        "source starting"
+    );
+    for r in 0..replicas {
+        sup.open_primary(r);
+    }
 
     // Shutdown as one reusable future (a `watch::changed()` per loop would register a waiter
     // each time). A dropped sender counts as shutdown.
@@ -251,7 +337,7 @@ pub(crate) async fn run<T: Transport>(
     let far = Instant::now() + Duration::from_secs(86_400 * 365);
     let timer = tokio::time::sleep_until(far);
     tokio::pin!(timer);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(BATCH);
     let mut out: Vec<Event> = Vec::new();
@@ -294,6 +380,8 @@ pub(crate) async fn run<T: Transport>(
         }
     };
     watcher.abort();
+    // Connections still finishing must not wait for room in a channel nobody reads.
+    drop(rx);
     sup.shut_down().await;
     result
 }
@@ -311,33 +399,24 @@ struct Supervisor<T> {
     name: String,
     transport: Arc<T>,
     reconnect: Reconnect,
-    processor: Processor,
-    backoff: Backoff,
-    rotation_backoff: Backoff,
+    admission: Admission,
+    alarms: AlarmWatch,
+    slots: Vec<Replica>,
     tx: mpsc::Sender<ConnEvent>,
     next_id: ConnId,
-    /// The connection being forwarded from (or being opened).
-    primary: Option<Slot>,
-    /// A rotation's next connection, until it takes over.
-    standby: Option<Slot>,
     /// Closed connections still finishing (awaited at shutdown).
     retired: Vec<JoinHandle<()>>,
-    reconnect_at: Option<Instant>,
-    rotate_at: Option<Instant>,
-    /// During a rotation: switch to the standby at this time even if it has sent nothing.
-    switch_at: Option<Instant>,
-    /// After a rotation's switch: stop comparing the two connections' messages at this time.
-    overlap_done_at: Option<Instant>,
-    retry_floor: Option<Duration>,
+    /// Messages a replica passed on, on their way to the admission (reused).
+    batch: Vec<Message>,
 }
 
 impl<T: Transport> Supervisor<T> {
-    fn open(&mut self) -> Slot {
+    fn open(&mut self) -> Conn {
         let id = self.next_id;
         self.next_id += 1;
         let cancel = CancellationToken::new();
         let link = Link { id, tx: self.tx.clone(), cancel: cancel.clone() };
-        let req = ConnRequest { cursor: self.processor.resume_cursor(), link };
+        let req = ConnRequest { cursor: self.admission.resume_cursor(), link };
         let connection = std::panic::AssertUnwindSafe(self.transport.clone().run_connection(req));
         let (tx, token) = (self.tx.clone(), cancel.clone());
         let join = tokio::spawn(async move {
@@ -346,35 +425,63 @@ impl<T: Transport> Supervisor<T> {
                 let detail = "the connection task panicked (a bug)".to_owned();
                 let _ = tx.send(ConnEvent::Ended { id, cause: Cause::Error, detail }).await;
             }
+            // After everything the connection sent: a rotation stops waiting for its copies.
+            let _ = tx.send(ConnEvent::Gone { id }).await;
         });
-        Slot { id, _close_on_drop: cancel.drop_guard(), join, opened: Instant::now(), up_since: None }
+        Conn { id, _close_on_drop: cancel.drop_guard(), join, opened: Instant::now(), up_since: None, delivered: false }
     }
 
-    fn open_primary(&mut self) {
-        self.reconnect_at = None;
-        self.processor.metrics().backoff.set(0.0);
-        let slot = self.open();
-        tracing::debug!(source = %self.name, conn = slot.id, "connecting");
-        self.primary = Some(slot);
+    fn open_primary(&mut self, r: usize) {
+        let conn = self.open();
+        tracing::debug!(source = %self.name, replica = r, conn = conn.id, "connecting");
+        let slot = &mut self.slots[r];
+        slot.reconnect_at = None;
+        slot.primary = Some(conn);
+        self.update_backoff();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.reconnect_at, self.rotate_at, self.switch_at, self.overlap_done_at].into_iter().flatten().min()
+        self.slots.iter().flat_map(Replica::deadlines).min()
     }
 
-    fn live_connections(&self) -> usize {
-        [&self.primary, &self.standby].into_iter().flatten().filter(|s| s.up_since.is_some()).count()
+    fn update_connected(&mut self) {
+        let live = self.slots.iter().map(Replica::live).sum::<usize>();
+        self.admission.metrics().connected.set(live as f64);
+        self.alarms.connections(live);
     }
 
-    fn update_connected(&self) {
-        self.processor.metrics().connected.set(self.live_connections() as f64);
+    /// The gauge shows the longest pending reconnect wait.
+    fn update_backoff(&self) {
+        let now = Instant::now();
+        let longest = self
+            .slots
+            .iter()
+            .filter_map(|s| s.reconnect_at)
+            .map(|t| t.saturating_duration_since(now))
+            .max()
+            .unwrap_or_default();
+        self.admission.metrics().backoff.set(longest.as_secs_f64());
     }
 
-    fn retire(&mut self, slot: Slot) {
+    fn retire(&mut self, conn: Conn) {
         self.retired.retain(|j| !j.is_finished());
-        // Dropping the slot's guard cancels the connection; its task sends the close.
-        let Slot { join, .. } = slot;
+        // Dropping the guard cancels the connection; its task sends the close.
+        let Conn { join, .. } = conn;
         self.retired.push(join);
+    }
+
+    fn find(&self, id: ConnId) -> Option<(usize, Role)> {
+        self.slots.iter().enumerate().find_map(|(i, s)| {
+            if s.primary.as_ref().is_some_and(|c| c.id == id) {
+                Some((i, Role::Primary))
+            } else if s.standby.as_ref().is_some_and(|c| c.id == id) {
+                Some((i, Role::Standby))
+            } else if s.retired == Some(id) {
+                Some((i, Role::Retired))
+            } else {
+                None
+            }
+        })
     }
 
     /// Handles one event; events to forward into the pipeline go to `out`.
@@ -382,70 +489,139 @@ impl<T: Transport> Supervisor<T> {
         match event {
             ConnEvent::Up { id, detail } => self.on_up(id, &detail),
             ConnEvent::Data { id, payload, hint, received_ms } => {
-                let origin = if self.primary.as_ref().is_some_and(|s| s.id == id) {
-                    Origin::Primary
-                } else if self.standby.as_ref().is_some_and(|s| s.id == id) {
-                    Origin::Standby
-                } else {
-                    Origin::Retired
+                let (fp, message) = self.admission.check(payload, hint, received_ms);
+                let mut passed = std::mem::take(&mut self.batch);
+                let switch = match self.find(id) {
+                    Some((r, role)) => {
+                        let slot = &mut self.slots[r];
+                        let switch = match role {
+                            Role::Primary => {
+                                if let Some(c) = slot.primary.as_mut() {
+                                    c.delivered = true;
+                                }
+                                slot.rotation.on_current(fp, message, &mut passed)
+                            }
+                            Role::Standby => {
+                                if let Some(c) = slot.standby.as_mut() {
+                                    c.delivered = true;
+                                }
+                                slot.rotation.on_new(fp, message)
+                            }
+                            Role::Retired => {
+                                slot.rotation.on_old(fp, message, &mut passed);
+                                false
+                            }
+                        };
+                        let counts = slot.rotation.take_counts();
+                        self.admission.rotation(counts);
+                        switch.then_some((r, role))
+                    }
+                    // A connection no longer followed (its replica reconnected): the admission
+                    // still drops what is a duplicate.
+                    None => {
+                        passed.push(message);
+                        None
+                    }
                 };
-                if self.processor.accept(id, origin, payload, hint, received_ms, out) {
-                    let why = if origin == Origin::Standby {
-                        "the new connection reached what was already forwarded (or holds too much)"
+                for m in passed.drain(..) {
+                    self.admission.admit(m, out);
+                }
+                self.batch = passed;
+                if let Some((r, role)) = switch {
+                    let why = if role == Role::Standby {
+                        "the streams are aligned (or the new connection holds too much)"
                     } else {
-                        "the old connection caught up with the new one"
+                        "the streams are aligned"
                     };
-                    self.switch_to_standby(why, out);
+                    self.switch_to_standby(r, why, out);
                 }
             }
-            ConnEvent::Oversized { size, prefix } => self.processor.oversized(size, &prefix),
-            ConnEvent::RetryHint { delay } => self.retry_floor = Some(delay),
+            ConnEvent::Oversized { size, prefix } => self.admission.oversized(size, &prefix),
+            ConnEvent::RetryHint { delay } => {
+                // SSE `retry:` applies to the replica whose connection is open (any is fine:
+                // they talk to the same provider).
+                for s in &mut self.slots {
+                    s.retry_floor = Some(delay);
+                }
+            }
             ConnEvent::Ended { id, cause, detail } => self.on_ended(id, cause, &detail, out),
+            ConnEvent::Gone { id } => {
+                if let Some((r, Role::Retired)) = self.find(id) {
+                    let slot = &mut self.slots[r];
+                    slot.retired = None;
+                    slot.rotation.old_ended();
+                }
+            }
         }
     }
 
     fn on_up(&mut self, id: ConnId, detail: &str) {
         let now = Instant::now();
-        if let Some(slot) = self.primary.as_mut().filter(|s| s.id == id) {
-            slot.up_since = Some(now);
-            let took_ms = now.duration_since(slot.opened).as_millis() as u64;
-            self.processor.metrics().connects.increment(1);
-            self.rotate_at = self.reconnect.max_connection_age.map(|age| now + age);
-            tracing::info!(
-                source = %self.name, conn = id, endpoint = self.transport.endpoint(), took_ms,
-                resume_after = self.processor.resume_cursor().as_deref().unwrap_or(""), detail, "connected"
-            );
-        } else if let Some(slot) = self.standby.as_mut().filter(|s| s.id == id) {
-            slot.up_since = Some(now);
-            self.processor.metrics().connects.increment(1);
-            self.processor.begin_overlap(id);
-            self.switch_at = Some(now + self.reconnect.rotation_overlap);
-            tracing::info!(source = %self.name, conn = id, endpoint = self.transport.endpoint(), detail, "rotation: new connection up, overlapping");
+        let Some((r, role)) = self.find(id) else { return };
+        let resume_after = self.admission.resume_cursor();
+        let slot = &mut self.slots[r];
+        match role {
+            Role::Primary => {
+                let Some(conn) = slot.primary.as_mut() else { return };
+                conn.up_since = Some(now);
+                let took_ms = now.duration_since(conn.opened).as_millis() as u64;
+                let age = slot.first_age.take().or(self.reconnect.max_connection_age);
+                slot.rotate_at = age.map(|age| now + age);
+                self.admission.metrics().connects.increment(1);
+                tracing::info!(
+                    source = %self.name, replica = r, conn = id, endpoint = self.transport.endpoint(), took_ms,
+                    resume_after = resume_after.as_deref().unwrap_or(""), detail, "connected"
+                );
+            }
+            Role::Standby => {
+                let Some(conn) = slot.standby.as_mut() else { return };
+                conn.up_since = Some(now);
+                slot.rotation.begin();
+                slot.switch_at = Some(now + self.reconnect.rotation_overlap);
+                self.admission.metrics().connects.increment(1);
+                tracing::info!(
+                    source = %self.name, replica = r, conn = id, endpoint = self.transport.endpoint(), detail,
+                    "rotation: new connection up, aligning"
+                );
+            }
+            Role::Retired => {}
         }
         self.update_connected();
     }
 
-    /// Makes the standby the primary, releases what it held, and closes the old primary.
-    fn switch_to_standby(&mut self, why: &str, out: &mut Vec<Event>) {
-        let Some(mut standby) = self.standby.take() else {
+    /// Makes replica `r`'s standby its primary, forwards what it held beyond the old
+    /// connection, and closes the old one.
+    fn switch_to_standby(&mut self, r: usize, why: &str, out: &mut Vec<Event>) {
+        let now = Instant::now();
+        let mut passed = std::mem::take(&mut self.batch);
+        let slot = &mut self.slots[r];
+        let Some(mut standby) = slot.standby.take() else {
+            self.batch = passed;
             return;
         };
-        self.switch_at = None;
-        self.processor.switch(out);
-        self.overlap_done_at = Some(Instant::now() + self.reconnect.rotation_overlap);
-        self.rotation_backoff.reset();
-        let now = Instant::now();
+        slot.switch_at = None;
+        slot.rotation.switch(slot.primary.is_some(), &mut passed);
+        slot.overlap_done_at = Some(now + self.reconnect.rotation_overlap);
+        slot.rotation_backoff.reset();
         let up_since = *standby.up_since.get_or_insert(now);
-        self.rotate_at = self.reconnect.max_connection_age.map(|age| up_since + age);
+        slot.rotate_at = self.reconnect.max_connection_age.map(|age| up_since + age);
         let new_id = standby.id;
-        if let Some(old) = self.primary.replace(standby) {
+        let old = slot.primary.replace(standby);
+        slot.retired = old.as_ref().map(|c| c.id);
+        let counts = slot.rotation.take_counts();
+        self.admission.rotation(counts);
+        for m in passed.drain(..) {
+            self.admission.admit(m, out);
+        }
+        self.batch = passed;
+        if let Some(old) = old {
             let up_for = old.up_since.map(|t| now.duration_since(t));
             tracing::info!(
-                source = %self.name, old_conn = old.id, conn = new_id, cause = Cause::Rotation.as_str(),
+                source = %self.name, replica = r, old_conn = old.id, conn = new_id, cause = Cause::Rotation.as_str(),
                 up_for_ms = up_for.map(|d| d.as_millis() as u64).unwrap_or(0),
-                last_cursor = self.processor.latest_cursor().unwrap_or(""), why, "disconnected (rotated)"
+                last_cursor = self.admission.latest_cursor().unwrap_or(""), why, "disconnected (rotated)"
             );
-            self.processor.metrics().reconnect(Cause::Rotation);
+            self.admission.metrics().reconnect(Cause::Rotation);
             self.retire(old);
         }
         self.update_connected();
@@ -453,111 +629,144 @@ impl<T: Transport> Supervisor<T> {
 
     fn on_ended(&mut self, id: ConnId, cause: Cause, detail: &str, out: &mut Vec<Event>) {
         let now = Instant::now();
-        if self.primary.as_ref().is_some_and(|s| s.id == id) {
-            let Some(slot) = self.primary.take() else { return };
-            let up_for = slot.up_since.map(|t| now.duration_since(t));
-            self.processor.metrics().reconnect(cause);
-            self.backoff.connection_ended(up_for);
-            self.retire(slot);
-            if self.standby.is_some() {
-                tracing::warn!(
-                    source = %self.name, conn = id, cause = cause.as_str(), detail,
-                    last_cursor = self.processor.latest_cursor().unwrap_or(""), "disconnected during a rotation; the new connection takes over"
-                );
-                if let Some(s) = self.standby.take() {
-                    self.switch_at = None;
-                    if s.up_since.is_some() {
-                        // Release what the new connection held (de-duplicated against the old).
-                        self.processor.switch(out);
-                        self.overlap_done_at = Some(now + self.reconnect.rotation_overlap);
-                    }
-                    self.rotate_at = s.up_since.and_then(|t| self.reconnect.max_connection_age.map(|age| t + age));
-                    self.primary = Some(s);
-                }
-            } else {
-                let mut delay = self.backoff.next_delay();
-                if let Some(floor) = self.retry_floor {
-                    delay = delay.max(floor).min(self.reconnect.backoff_max);
-                }
-                self.reconnect_at = Some(now + delay);
-                self.rotate_at = None;
-                self.processor.metrics().backoff.set(delay.as_secs_f64());
-                let level_warn = cause != Cause::HandshakeFailed || self.backoff.attempt() <= 1;
-                if up_for.is_some() || level_warn {
+        let Some((r, role)) = self.find(id) else { return };
+        match role {
+            Role::Primary => {
+                let Some(conn) = self.slots[r].primary.take() else { return };
+                let up_for = conn.up_since.map(|t| now.duration_since(t));
+                let delivered = conn.delivered;
+                self.admission.metrics().reconnect(cause);
+                self.retire(conn);
+                let standby_up = self.slots[r].standby.as_ref().map(|s| s.up_since.is_some());
+                if let Some(standby_up) = standby_up {
                     tracing::warn!(
-                        source = %self.name, conn = id, cause = cause.as_str(), detail,
-                        up_for_ms = up_for.map(|d| d.as_millis() as u64).unwrap_or(0),
-                        last_cursor = self.processor.latest_cursor().unwrap_or(""),
-                        reconnect_in_ms = delay.as_millis() as u64, attempt = self.backoff.attempt(), "disconnected"
+                        source = %self.name, replica = r, conn = id, cause = cause.as_str(), detail,
+                        last_cursor = self.admission.latest_cursor().unwrap_or(""),
+                        "disconnected during a rotation; the new connection takes over"
                     );
+                    if standby_up {
+                        self.switch_to_standby(r, "the old connection ended", out);
+                    } else {
+                        // Not up yet: it becomes the connection being opened.
+                        let slot = &mut self.slots[r];
+                        slot.primary = slot.standby.take();
+                        slot.switch_at = None;
+                        slot.rotate_at = None;
+                    }
                 } else {
-                    tracing::info!(
-                        source = %self.name, conn = id, cause = cause.as_str(), detail,
-                        reconnect_in_ms = delay.as_millis() as u64, attempt = self.backoff.attempt(), "connect failed"
-                    );
+                    self.schedule_reconnect(r, id, cause, detail, up_for, delivered);
                 }
             }
-        } else if self.standby.as_ref().is_some_and(|s| s.id == id) {
-            if let Some(slot) = self.standby.take() {
-                self.retire(slot);
+            Role::Standby => {
+                let slot = &mut self.slots[r];
+                let Some(conn) = slot.standby.take() else { return };
+                slot.rotation.abandon();
+                slot.switch_at = None;
+                let delay = slot.rotation_backoff.after(false).max(Duration::from_millis(10));
+                slot.rotate_at = Some(now + delay);
+                self.retire(conn);
+                self.admission.metrics().reconnect(cause);
+                tracing::warn!(
+                    source = %self.name, replica = r, conn = id, cause = cause.as_str(), detail,
+                    retry_in_ms = delay.as_millis() as u64, "rotation: the new connection failed; keeping the current one"
+                );
             }
-            self.processor.metrics().reconnect(cause);
-            self.processor.abandon_overlap();
-            self.switch_at = None;
-            let delay = self.rotation_backoff.next_delay().max(Duration::from_millis(10));
-            self.rotate_at = Some(now + delay);
-            tracing::warn!(
-                source = %self.name, conn = id, cause = cause.as_str(), detail,
-                retry_in_ms = delay.as_millis() as u64, "rotation: the new connection failed; keeping the current one"
-            );
+            Role::Retired => {}
         }
         self.update_connected();
     }
 
+    fn schedule_reconnect(
+        &mut self,
+        r: usize,
+        id: ConnId,
+        cause: Cause,
+        detail: &str,
+        up_for: Option<Duration>,
+        delivered: bool,
+    ) {
+        let slot = &mut self.slots[r];
+        let mut delay = slot.backoff.after(delivered);
+        if let Some(floor) = slot.retry_floor {
+            delay = delay.max(floor).min(self.reconnect.backoff_max);
+        }
+        slot.reconnect_at = Some(Instant::now() + delay);
+        slot.rotate_at = None;
+        let failures = slot.backoff.attempt();
+        self.admission.metrics().reconnect_waits.increment(1);
+        self.update_backoff();
+        let reconnect_in_ms = delay.as_millis() as u64;
+        let last_cursor = self.admission.latest_cursor().unwrap_or("");
+        if up_for.is_some() || failures <= 1 {
+            tracing::warn!(
+                source = %self.name, replica = r, conn = id, cause = cause.as_str(), detail,
+                up_for_ms = up_for.map(|d| d.as_millis() as u64).unwrap_or(0), delivered, last_cursor,
+                reconnect_in_ms, failures, "disconnected"
+            );
+        } else {
+            tracing::info!(
+                source = %self.name, replica = r, conn = id, cause = cause.as_str(), detail, reconnect_in_ms, failures,
+                "connect failed"
+            );
+        }
+    }
+
     fn on_timer(&mut self, out: &mut Vec<Event>) {
         let now = Instant::now();
-        if self.reconnect_at.is_some_and(|t| t <= now) {
-            self.retry_floor = None;
-            self.open_primary();
-        }
-        if self.rotate_at.is_some_and(|t| t <= now) {
-            self.rotate_at = None;
-            let primary_up = self.primary.as_ref().is_some_and(|s| s.up_since.is_some());
-            if primary_up && self.standby.is_none() {
-                let slot = self.open();
-                tracing::info!(source = %self.name, conn = slot.id, "rotation: max_connection_age reached, opening the next connection");
-                self.standby = Some(slot);
+        for r in 0..self.slots.len() {
+            if self.slots[r].reconnect_at.is_some_and(|t| t <= now) {
+                self.slots[r].retry_floor = None;
+                self.open_primary(r);
             }
-        }
-        if self.switch_at.is_some_and(|t| t <= now) {
-            self.switch_at = None;
-            if self.standby.as_ref().is_some_and(|s| s.up_since.is_some()) {
-                self.switch_to_standby("rotation_overlap elapsed", out);
+            if self.slots[r].rotate_at.is_some_and(|t| t <= now) {
+                self.slots[r].rotate_at = None;
+                let primary_up = self.slots[r].primary.as_ref().is_some_and(|c| c.up_since.is_some());
+                if primary_up && self.slots[r].standby.is_none() {
+                    let conn = self.open();
+                    tracing::info!(
+                        source = %self.name, replica = r, conn = conn.id,
+                        "rotation: max_connection_age reached, opening the next connection"
+                    );
+                    self.slots[r].standby = Some(conn);
+                }
             }
-        }
-        if self.overlap_done_at.is_some_and(|t| t <= now) {
-            self.overlap_done_at = None;
-            self.processor.finish_overlap();
+            if self.slots[r].switch_at.is_some_and(|t| t <= now) {
+                self.slots[r].switch_at = None;
+                if self.slots[r].standby.as_ref().is_some_and(|c| c.up_since.is_some()) {
+                    self.switch_to_standby(r, "rotation_overlap elapsed", out);
+                }
+            }
+            if self.slots[r].overlap_done_at.is_some_and(|t| t <= now) {
+                let slot = &mut self.slots[r];
+                slot.overlap_done_at = None;
+                slot.rotation.finish();
+            }
         }
     }
 
     fn on_tick(&mut self) {
-        let age = self.processor.last_message_age();
-        self.processor.metrics().last_message_age.set(age);
+        let silent_for = self.admission.silent_for();
+        self.admission.metrics().last_message_age.set(silent_for.as_secs_f64());
+        self.admission.expire_gaps();
+        self.alarms.check(silent_for);
+        self.update_backoff();
     }
 
     async fn shut_down(mut self) {
         let mut joins = std::mem::take(&mut self.retired);
-        for slot in [self.primary.take(), self.standby.take()].into_iter().flatten() {
-            joins.push(slot.join);
+        for slot in &mut self.slots {
+            for conn in [slot.primary.take(), slot.standby.take()].into_iter().flatten() {
+                joins.push(conn.join);
+            }
         }
-        self.processor.metrics().connected.set(0.0);
+        self.admission.metrics().connected.set(0.0);
+        self.alarms.stop();
         let abort: Vec<_> = joins.iter().map(JoinHandle::abort_handle).collect();
         if tokio::time::timeout(SHUTDOWN_GRACE, futures_util::future::join_all(joins)).await.is_err() {
             for handle in abort {
                 handle.abort();
             }
         }
-        tracing::info!(source = %self.name, last_cursor = self.processor.latest_cursor().unwrap_or(""), "source stopped");
+        tracing::info!(source = %self.name, last_cursor = self.admission.latest_cursor().unwrap_or(""), "source stopped");
     }
 }

@@ -14,27 +14,18 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
-use sluice_flow::{FlowError, Source, SourceContext};
+use sluice_flow::{FlowError, Source};
 use tokio::time::Instant;
 use url::Url;
 
-use crate::config::{
-    self, Address, Escape, HeaderTemplate, Headers, HeartbeatConfig, Messages, Reconnect, ResumeConfig, ResumePlan,
-    Template,
-};
-use crate::supervisor::{self, Cause, ConnRequest, Link, Sent, Settings, Transport};
+use crate::config::{self, CommonConfig, Escape, HeaderTemplate, HeartbeatConfig, Messages, ResumePlan, Template};
+use crate::supervisor::{Cause, ConnRequest, Link, Sent, SupervisedSource, Transport};
 use client::{WsConnection, WsConnector, WsError, WsIncoming, WsOutgoing, WsTarget, YawcConnector};
 
-/// `[sources.NAME]` with `type = "websocket"`.
+/// The `websocket` options of `[sources.NAME]` (besides the [`CommonConfig`] ones).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketConfig {
-    /// `ws://` or `wss://` URL of the feed.
-    pub url: Address,
-    /// Extra HTTP headers for the handshake (e.g. `Authorization`). Values are secret: never
-    /// logged. A value containing `{cursor}` is sent only when a cursor is known.
-    #[serde(default)]
-    pub headers: Headers,
     /// Text messages sent after every (re)connect, in order, e.g. a subscription request.
     /// `{cursor}` is replaced by the cursor to resume after (JSON-string escaped), or by
     /// `resume.initial` when none is known yet.
@@ -52,40 +43,6 @@ pub struct WebSocketConfig {
     /// An application-level message sent on an interval: `{ message = "…", interval = "…" }`.
     #[serde(default)]
     pub heartbeat: Option<HeartbeatConfig>,
-    /// Reconnect when no message (text or binary frame) arrives for this long. `"0s"` turns it
-    /// off. Default `"60s"`.
-    #[serde(default = "config::default_idle_timeout", deserialize_with = "config::duration")]
-    pub idle_timeout: Duration,
-    /// Limit for TCP connect, TLS, the upgrade and sending `subscribe`. Default `"10s"`.
-    #[serde(default = "config::default_connect_timeout", deserialize_with = "config::duration")]
-    pub connect_timeout: Duration,
-    /// First reconnect delay ceiling; each failed attempt doubles it (full jitter: the delay is
-    /// uniformly random up to the ceiling). Default `"250ms"`.
-    #[serde(default = "config::default_backoff_initial", deserialize_with = "config::duration")]
-    pub backoff_initial: Duration,
-    /// Largest reconnect delay. Default `"30s"`.
-    #[serde(default = "config::default_backoff_max", deserialize_with = "config::duration")]
-    pub backoff_max: Duration,
-    /// A connection that stayed up this long resets the backoff. Default `"30s"`.
-    #[serde(default = "config::default_backoff_reset_after", deserialize_with = "config::duration")]
-    pub backoff_reset_after: Duration,
-    /// Rotate connections older than this: the next connection is opened first, and the old
-    /// one is closed as soon as the two streams meet (make-before-break; the overlap is
-    /// de-duplicated by cursor, or by payload without one). At least `"1s"`. Default: none.
-    #[serde(default, deserialize_with = "config::opt_duration")]
-    pub max_connection_age: Option<Duration>,
-    /// During a rotation, the longest the old connection stays in use after the new one is up
-    /// (the switch normally comes as soon as the two streams meet), and how long after the
-    /// switch the two connections' messages are still compared. Default `"10s"`.
-    #[serde(default = "config::default_rotation_overlap", deserialize_with = "config::duration")]
-    pub rotation_overlap: Duration,
-    /// Cursor extraction and resume: `{ cursor = "/seq", url = "…{cursor}", initial = "0" }`.
-    #[serde(default)]
-    pub resume: Option<ResumeConfig>,
-    /// Larger messages are dead-lettered (`too_large`) and counted; the stream goes on.
-    /// Default 1048576 (1 MiB).
-    #[serde(default = "config::default_max_message_bytes")]
-    pub max_message_bytes: usize,
 }
 
 fn default_true() -> bool {
@@ -100,32 +57,19 @@ fn default_pong_timeout() -> Duration {
 
 const SCHEMES: &[&str] = &["ws", "wss"];
 
-/// Checks `config` and returns the source.
-pub fn build(name: &str, config: WebSocketConfig) -> Result<Box<dyn Source>, FlowError> {
-    build_with(name, config, Arc::new(YawcConnector))
+/// Checks the options and returns the source.
+pub fn build(name: &str, common: CommonConfig, config: WebSocketConfig) -> Result<Box<dyn Source>, FlowError> {
+    build_with(name, common, config, Arc::new(YawcConnector))
 }
 
 pub(crate) fn build_with(
     name: &str,
+    common: CommonConfig,
     config: WebSocketConfig,
     client: Arc<dyn WsConnector>,
 ) -> Result<Box<dyn Source>, FlowError> {
-    let url = config::parse_url(name, "url", &config.url.0, SCHEMES)?;
-    config::check_positive(name, "connect_timeout", config.connect_timeout)?;
-    let headers = config::parse_headers(name, &config.headers)?;
     let subscribe: Vec<&str> = config.subscribe.0.iter().map(String::as_str).collect();
-    let resume = ResumePlan::from_config(name, config.resume.as_ref(), SCHEMES, &subscribe)?;
-    let reconnect = Reconnect {
-        backoff_initial: config.backoff_initial,
-        backoff_max: config.backoff_max,
-        backoff_reset_after: config.backoff_reset_after,
-        max_connection_age: config.max_connection_age,
-        rotation_overlap: config.rotation_overlap,
-    };
-    reconnect.check(name)?;
-    if config.max_message_bytes == 0 {
-        return Err(config::config_error(name, "`max_message_bytes` must be greater than zero"));
-    }
+    let common = common.check(name, SCHEMES, &subscribe)?;
     let ping_interval = config::nonzero(config.ping_interval);
     if ping_interval.is_some() && config.pong_timeout.is_zero() {
         return Err(config::config_error(name, "`pong_timeout` must be greater than zero"));
@@ -139,41 +83,20 @@ pub(crate) fn build_with(
     };
     let transport = WsTransport {
         client,
-        endpoint: config::endpoint(&url),
-        url,
-        headers,
+        endpoint: common.endpoint,
+        url: common.url,
+        headers: common.headers,
         subscribe: config.subscribe.0.iter().map(|s| Template::new(s)).collect(),
-        resume: resume.clone(),
+        resume: common.settings.resume.clone(),
         compression: config.compression,
         ping_interval,
         pong_timeout: config.pong_timeout,
         heartbeat,
-        idle_timeout: config::nonzero(config.idle_timeout),
-        connect_timeout: config.connect_timeout,
-        read_limit: config::hard_limit(config.max_message_bytes),
+        idle_timeout: common.idle_timeout,
+        connect_timeout: common.connect_timeout,
+        read_limit: common.read_limit,
     };
-    Ok(Box::new(WebSocketSource {
-        transport: Arc::new(transport),
-        settings: Some(Settings { reconnect, resume, max_message_bytes: config.max_message_bytes }),
-    }))
-}
-
-struct WebSocketSource {
-    transport: Arc<WsTransport>,
-    settings: Option<Settings>,
-}
-
-impl Source for WebSocketSource {
-    fn run(mut self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), FlowError>> {
-        let settings = self.settings.take();
-        let transport = self.transport.clone();
-        Box::pin(async move {
-            let Some(settings) = settings else {
-                return Err(FlowError::Fatal { component: ctx.name, message: "source already ran".into() });
-            };
-            supervisor::run(transport, settings, ctx).await
-        })
-    }
+    Ok(Box::new(SupervisedSource { transport: Arc::new(transport), settings: common.settings }))
 }
 
 struct WsTransport {

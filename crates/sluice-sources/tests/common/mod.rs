@@ -41,6 +41,19 @@ impl TestRecorder {
         self.slots.lock().unwrap().get(&key_text(name, labels)).map(|a| a.load(Ordering::SeqCst))
     }
 
+    /// The sum of a counter over every series of `source` (any other labels, e.g. `reason`).
+    pub fn total(&self, name: &str, source: &str) -> u64 {
+        let prefix = format!("{name}{{");
+        let label = format!("source={source}");
+        self.slots
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k[prefix.len()..k.len() - 1].split(',').any(|l| l == label))
+            .map(|(_, v)| v.load(Ordering::SeqCst))
+            .sum()
+    }
+
     /// A counter's value (0 when never registered).
     pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         self.read(name, labels).unwrap_or(0)
@@ -85,6 +98,22 @@ pub fn metrics_recorder() -> (TestRecorder, metrics::LocalRecorderGuard<'static>
     let recorder: &'static TestRecorder = Box::leak(Box::new(TestRecorder::default()));
     let guard = metrics::set_default_local_recorder(recorder);
     (recorder.clone(), guard)
+}
+
+// ---------------------------------------------------------------- building
+
+/// Builds a source of `kind` from a TOML table's text, as a pipeline file would.
+pub fn build(kind: &str, name: &str, toml_text: &str) -> Box<dyn Source> {
+    try_build(kind, name, toml_text).unwrap_or_else(|e| panic!("build: {e}\n{toml_text}"))
+}
+
+/// Like [`build`], returning the error text.
+pub fn try_build(kind: &str, name: &str, toml_text: &str) -> Result<Box<dyn Source>, String> {
+    let table: toml::Table = toml::from_str(toml_text).map_err(|e| format!("toml: {e}"))?;
+    sluice_sources::build_from(name, kind, &table).map_err(|e| match e.field {
+        Some(f) => format!("{f}: {}", e.message),
+        None => e.message,
+    })
 }
 
 // ---------------------------------------------------------------- harness
