@@ -1,8 +1,8 @@
 //! The `sluice` command: wires the crates together and parses the command line.
 //!
 //! `sluice run` runs a pipeline file (feeds → spool → sinks), `sluice validate` checks one,
-//! `sluice serve` runs the embedded Kinesis-compatible stream on its own, and `sluice bench`
-//! drives load at any Kinesis-compatible endpoint.
+//! `sluice serve` runs the embedded Kinesis-compatible stream on its own, `sluice bench`
+//! drives load at any Kinesis-compatible endpoint, and `sluice top` watches a running one.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -59,6 +59,9 @@ enum Command {
     Simulate(sluice_simulate::SimulateArgs),
     /// Drive PutRecords/GetRecords load at a Kinesis-compatible endpoint and print a table.
     Bench(sluice_bench::BenchArgs),
+    /// Live view of a running `sluice run` or `sluice serve` (rates, connections, lag), read from
+    /// its /metrics; plain lines when stdout is not a terminal.
+    Top(sluice_top::TopArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -178,6 +181,7 @@ fn run_cli() -> anyhow::Result<()> {
             sluice_bench::run_and_print(args).await?;
             Ok(())
         }),
+        Command::Top(args) => Ok(runtime.block_on(sluice_top::run(args))?),
     }
 }
 
