@@ -117,22 +117,14 @@ pub struct HeartbeatConfig {
     pub interval: Duration,
 }
 
-/// Parses a duration (`"30s"`, `"1m 30s"`, `"250ms"`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write e.g. \"30s\" or \"250ms\""))
-}
+/// Parses a duration (`"30s"`, `"1m 30s"`, `"250ms"`): the one grammar of every sluice option.
+pub(crate) use sluice_core::duration::parse as parse_duration;
 
 /// Deserializes a duration string.
-pub(crate) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
-}
+pub(crate) use sluice_core::duration::deserialize as duration;
 
 /// Like [`duration`], for optional fields.
-pub(crate) fn opt_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-    duration(deserializer).map(Some)
-}
+pub(crate) use sluice_core::duration::deserialize_opt as opt_duration;
 
 pub(crate) fn config_error(component: &str, message: impl Into<String>) -> FlowError {
     FlowError::Config { component: component.to_owned(), message: message.into() }

@@ -84,7 +84,7 @@ impl DedupKey {
             DedupKey::Fields(pointers) => {
                 let mut any = false;
                 for p in pointers {
-                    match p.find(payload).ok().flatten() {
+                    match p.find_early(payload).ok().flatten() {
                         // Strings and numbers hash as different things ("1" vs 1).
                         Some(Found::Str(s)) => {
                             h.write_u8(1);
