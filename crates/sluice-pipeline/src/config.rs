@@ -127,26 +127,47 @@ fn default_durability() -> String {
 }
 
 /// `[spool]`: the on-disk buffer between sources and sinks.
+///
+/// A spooled event is kept until every sink reading its source has acknowledged it (the
+/// spool is trimmed, a whole segment at a time, below the lowest saved watermark), however
+/// long a sink is down. `max_age` opts into dropping older events anyway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSection {
-    /// Hours a spooled event is kept (delivered or not) before its segment may be trimmed.
-    #[serde(default = "default_spool_hours")]
-    pub retention_hours: u32,
     /// `fsync` (default: an event is on disk before it counts as received) or `os`.
     #[serde(default = "default_durability")]
     pub durability: String,
+    /// Drop spooled events older than this (`"7d"`, `"12h"`) even if a sink has not
+    /// acknowledged them yet (whole segments; each such event is counted in
+    /// `sluice_pipeline_spool_expired_total` and logged). Default: unset, keep until delivered.
+    #[serde(default, deserialize_with = "sluice_core::duration::deserialize_opt")]
+    pub max_age: Option<std::time::Duration>,
+    /// Size at which a spool segment is closed and a new one started (the unit of trimming).
+    /// Default 64 MiB; smaller values are for tests and small disks.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Removed (it trimmed undelivered events by age); refused with a pointer to `max_age`.
+    #[serde(default)]
+    retention_hours: Option<toml::Value>,
 }
 
 impl Default for SpoolSection {
     fn default() -> Self {
-        SpoolSection { retention_hours: default_spool_hours(), durability: default_durability() }
+        SpoolSection {
+            durability: default_durability(),
+            max_age: None,
+            segment_bytes: default_segment_bytes(),
+            retention_hours: None,
+        }
     }
 }
 
-fn default_spool_hours() -> u32 {
-    168
+fn default_segment_bytes() -> u64 {
+    64 << 20
 }
+
+/// Smallest `[spool] segment_bytes` accepted (a segment must hold a few records).
+const MIN_SEGMENT_BYTES: u64 = 1024;
 
 /// One component table, with its kind and location.
 #[derive(Debug, Clone)]
@@ -422,6 +443,22 @@ impl PipelineConfig {
                 }
             }
         }
+        let spool_error = |key: &str, message: String| {
+            let at = self.text.find(&format!("{key} ")).or_else(|| self.text.find(&format!("{key}=")));
+            let (line, column) = at.map(|o| line_col(&self.text, o)).unzip();
+            ConfigError { file: self.file.clone(), line, column, field: Some(format!("spool.{key}")), message }
+        };
+        if self.spool.retention_hours.is_some() {
+            return Err(spool_error(
+                "retention_hours",
+                "was removed: the spool now keeps events until every sink has acknowledged them; \
+                 set `max_age = \"7d\"` to also drop older ones"
+                    .into(),
+            ));
+        }
+        if self.spool.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(spool_error("segment_bytes", format!("must be at least {MIN_SEGMENT_BYTES}")));
+        }
         for durability in [&self.embedded.durability, &self.spool.durability] {
             if durability != "fsync" && durability != "os" {
                 return Err(ConfigError {
@@ -505,6 +542,23 @@ inputs = ["race"]
         let text = GOOD.replace("inputs = [\"race\"]", "inputs = [\"rcae\"]");
         let e = PipelineConfig::parse("p.toml", &text, &env).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.starts_with("p.toml:11:1: sinks.out.inputs: unknown input \"rcae\""), "{e}");
+    }
+
+    #[test]
+    fn spool_section_max_age_segment_bytes_and_the_removed_retention_hours() {
+        let c = PipelineConfig::parse("p.toml", GOOD, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.spool.max_age, c.spool.segment_bytes), (None, 64 << 20), "kept until delivered by default");
+        let text =
+            format!("[spool]\nmax_age = \"7d\"\nsegment_bytes = 4096\n{GOOD}").replace("data_dir = \"/tmp/x\"", "");
+        let c = PipelineConfig::parse("p.toml", &text, &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.spool.max_age, Some(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(c.spool.segment_bytes, 4096);
+        let old = format!("[spool]\nretention_hours = 24\n{GOOD}").replace("data_dir = \"/tmp/x\"", "");
+        let e = PipelineConfig::parse("p.toml", &old, &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("p.toml:2:1: spool.retention_hours: was removed"), "{e}");
+        let bad = format!("[spool]\nmax_age = \"soon\"\n{GOOD}").replace("data_dir = \"/tmp/x\"", "");
+        let e = PipelineConfig::parse("p.toml", &bad, &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
     }
 
     #[derive(Debug, Deserialize)]

@@ -5,7 +5,8 @@
 //! sink names no `endpoint`, the embedded Kinesis-compatible stream is started in the same
 //! process (on `[embedded] listen`, 127.0.0.1:4567 by default) so that other tools can read it,
 //! and the sink writes to it in-process ([`embedded`]).
-//! `/metrics` and `/health` are served on `[api] listen`.
+//! `/metrics` and `/health` are served on `[api] listen`; `/health` answers 503 while any
+//! source has an alarm raised (its own, such as `silence`, or the pipeline's `spool_blocked`).
 
 pub mod config;
 pub mod embedded;
@@ -113,12 +114,16 @@ impl Pipeline {
         }
         let opts = runtime::RuntimeOptions {
             data_dir: data_dir.clone(),
-            spool_durability: durability(&cfg.spool.durability),
-            spool_retention_hours: cfg.spool.retention_hours,
+            spool: spool::SpoolOptions {
+                durability: durability(&cfg.spool.durability),
+                segment_bytes: cfg.spool.segment_bytes,
+            },
+            spool_max_age: cfg.spool.max_age,
         };
         let running = runtime::start(&opts, sources, sinks)?;
         let (ops_stop, ops_rx) = tokio::sync::watch::channel(false);
-        let ops_addr = serve_ops(cfg.api.listen, running.status.clone(), metrics, ops_rx).await?;
+        let health = Health { status: running.status.clone(), alarms: running.alarms.clone() };
+        let ops_addr = serve_ops(cfg.api.listen, health, metrics, ops_rx).await?;
         Ok(Pipeline { running, embedded, ops_addr, ops_stop })
     }
 
@@ -148,9 +153,26 @@ impl Pipeline {
     }
 }
 
+/// What `/health` reads.
+#[derive(Clone)]
+struct Health {
+    status: runtime::SharedStatus,
+    alarms: runtime::AlarmBoards,
+}
+
+/// `/health`: 503 with `"status": "alarm"` while any component has an alarm raised, else 200
+/// with `"status": "ok"`; the raised alarms and the live counters either way.
+fn health_response(h: &Health) -> (axum::http::StatusCode, serde_json::Value) {
+    let snapshot = h.status.lock().map(|g| g.clone()).unwrap_or_default();
+    let alarms = runtime::raised_alarms(&h.alarms);
+    let code = if alarms.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let status = if alarms.is_empty() { "ok" } else { "alarm" };
+    (code, serde_json::json!({"status": status, "alarms": alarms, "pipeline": snapshot}))
+}
+
 async fn serve_ops(
     listen: SocketAddr,
-    status: runtime::SharedStatus,
+    health: Health,
     metrics: Option<PrometheusHandle>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr, PipelineError> {
@@ -167,10 +189,9 @@ async fn serve_ops(
     let app = Router::new()
         .route(
             "/health",
-            get(|State(s): State<runtime::SharedStatus>| async move {
-                let snapshot = s.lock().map(|g| g.clone()).unwrap_or_default();
-                let body = serde_json::json!({"status": "ok", "pipeline": snapshot}).to_string();
-                ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            get(|State(h): State<Health>| async move {
+                let (code, body) = health_response(&h);
+                (code, [(axum::http::header::CONTENT_TYPE, "application/json")], body.to_string())
             }),
         )
         .route(
@@ -186,7 +207,7 @@ async fn serve_ops(
                 }
             }),
         )
-        .with_state(status);
+        .with_state(health);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
@@ -195,4 +216,37 @@ async fn serve_ops(
             .await;
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_is_503_with_every_raised_alarm_and_200_without() {
+        let a = sluice_flow::Alarms::default();
+        let b = sluice_flow::Alarms::default();
+        let h = Health {
+            status: Default::default(),
+            alarms: std::sync::Arc::new(vec![("feed".into(), a.clone()), ("other".into(), b.clone())]),
+        };
+        let (code, body) = health_response(&h);
+        assert_eq!((code.as_u16(), body["status"].as_str()), (200, Some("ok")));
+        assert_eq!(body["alarms"], serde_json::json!([]));
+        assert!(body["pipeline"]["sources"].is_object(), "the status snapshot stays under `pipeline`");
+        a.raise("spool_blocked", "spool cannot write: no space");
+        b.raise("silence", "nothing for 30s");
+        let (code, body) = health_response(&h);
+        assert_eq!((code.as_u16(), body["status"].as_str()), (503, Some("alarm")));
+        let listed: Vec<(&str, &str)> = body["alarms"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| Some((x["component"].as_str()?, x["alarm"].as_str()?))).collect())
+            .unwrap_or_default();
+        assert_eq!(listed, vec![("feed", "spool_blocked"), ("other", "silence")]);
+        assert_eq!(body["alarms"][0]["detail"], "spool cannot write: no space");
+        assert!(body["alarms"][0]["since_ms"].as_u64().is_some_and(|t| t > 0));
+        a.clear("spool_blocked");
+        b.clear("silence");
+        assert_eq!(health_response(&h).0.as_u16(), 200);
+    }
 }

@@ -4,8 +4,13 @@
 //! (each batch is durable before the next is taken). Per sink, one feeder per input reads the
 //! spool from the sink's watermark and hands records over in order; one task collects the
 //! sink's acknowledgements, advances each input's watermark over contiguous acks only, and
-//! saves it. Nothing is dropped: a failing spool write is retried (and counted), a record is
-//! only ever forgotten once its sink acknowledged it.
+//! saves it. Nothing is dropped: a failing spool write (a full disk) is retried until it
+//! succeeds while the source waits (the `spool_blocked` alarm is up meanwhile), and a keeper
+//! task deletes a source's spool segments only below the lowest *saved* watermark of the sinks
+//! reading it, so a record is forgotten once every sink acknowledged it. The one exception is
+//! the opt-in `[spool] max_age`: segments older than that go even if a sink has not
+//! acknowledged them, and every such record is counted (`sluice_pipeline_spool_expired_total`)
+//! and logged.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,12 +18,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use sluice_flow::{Ack, DeadLetters, Event, Record, Sink, SinkContext, Source, SourceContext};
-use sluice_storage::{Durability, StorageError};
+use sluice_flow::{Ack, Alarms, DeadLetters, Event, Record, Sink, SinkContext, Source, SourceContext};
+use sluice_storage::StorageError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::spool::{DispatchMark, SinkState, Spool, Watermark};
+use crate::spool::{DispatchMark, SinkState, Spool, SpoolHistory, SpoolOptions, Watermark};
+
+/// How often the keeper trims the spools.
+const KEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts of a failing spool write.
+const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
+/// The alarm a source shows while its spool cannot be written.
+pub const SPOOL_BLOCKED: &str = "spool_blocked";
+/// The alarm a source shows while a sink's feeder cannot read its spool.
+pub const SPOOL_READ_FAILED: &str = "spool_read_failed";
+
+/// Per source, the saved watermark of every sink reading it: the spool may be trimmed below
+/// the lowest.
+type Floors = Arc<Mutex<BTreeMap<String, BTreeMap<String, u64>>>>;
 
 /// Bits of a record id that hold the spool ordinal; the bits above hold the input index.
 const ORDINAL_BITS: u32 = 48;
@@ -42,6 +60,8 @@ pub struct SourceStatus {
     pub cursor: Option<String>,
     /// One past the newest spooled ordinal.
     pub spool_next: u64,
+    /// Events `[spool] max_age` deleted before every sink reading the source had them.
+    pub expired: u64,
 }
 
 /// One sink's live counters.
@@ -56,6 +76,30 @@ pub struct SinkStatus {
     /// Records that may be delivered a second time because they were handed out before the
     /// last stop but not acknowledged.
     pub redelivered: u64,
+}
+
+/// One raised alarm of one component, as `/health` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RaisedAlarm {
+    /// The component (a source's name).
+    pub component: String,
+    /// The alarm (`spool_blocked`, `silence`, `no_connection`, …).
+    pub alarm: String,
+    /// When it was raised, epoch ms.
+    pub since_ms: u64,
+    /// What an operator should know.
+    pub detail: String,
+}
+
+/// Every raised alarm on `boards`, in component then alarm order.
+pub fn raised_alarms(boards: &AlarmBoards) -> Vec<RaisedAlarm> {
+    let mut out = Vec::new();
+    for (component, board) in boards.iter() {
+        for (alarm, a) in board.snapshot() {
+            out.push(RaisedAlarm { component: component.clone(), alarm, since_ms: a.since_ms, detail: a.detail });
+        }
+    }
+    out
 }
 
 /// Shared, cheaply readable status.
@@ -76,10 +120,10 @@ pub struct SinkSpec {
 pub struct RuntimeOptions {
     /// The pipeline's data directory.
     pub data_dir: PathBuf,
-    /// Spool durability.
-    pub spool_durability: Durability,
-    /// Spool retention in hours.
-    pub spool_retention_hours: u32,
+    /// How the spool is written.
+    pub spool: SpoolOptions,
+    /// `[spool] max_age`: also delete spooled events older than this, acknowledged or not.
+    pub spool_max_age: Option<Duration>,
 }
 
 /// A running pipeline.
@@ -90,7 +134,12 @@ pub struct Running {
     spool: Spool,
     /// Live counters.
     pub status: SharedStatus,
+    /// Every source's alarm board, by source name (what `/health` reports).
+    pub alarms: AlarmBoards,
 }
+
+/// The alarm boards of a pipeline's components, by component name.
+pub type AlarmBoards = Arc<Vec<(String, Alarms)>>;
 
 fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, Status> {
     s.lock().unwrap_or_else(|p| p.into_inner())
@@ -103,19 +152,26 @@ pub fn start(
     sinks: Vec<SinkSpec>,
 ) -> Result<Running, StorageError> {
     let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
-    let spool = Spool::open(&opts.data_dir.join("spool"), opts.spool_durability, opts.spool_retention_hours, &names)?;
+    let spool = Spool::open(&opts.data_dir.join("spool"), &opts.spool, &names)?;
     let dead_dir = opts.data_dir.join("dead-letter");
     let state_dir = opts.data_dir.join("state");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
     let mut tasks = Vec::new();
+    let mut boards = Vec::new();
+    let floors: Floors = Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), BTreeMap::new())).collect()));
 
     for (name, source) in sources {
         let resume = spool.last_cursor(&name)?;
         let next = spool.next_ordinal(&name)?;
+        gauge!("sluice_pipeline_spool_last_ordinal", "source" => name.clone()).set(next.saturating_sub(1) as f64);
+        gauge!("sluice_pipeline_spool_first_ordinal", "source" => name.clone()).set(spool.first_ordinal(&name)? as f64);
+        gauge!("sluice_pipeline_spool_blocked", "source" => name.clone()).set(0.0);
+        let alarms = Alarms::default();
+        boards.push((name.clone(), alarms.clone()));
         lock(&status)
             .sources
-            .insert(name.clone(), SourceStatus { spooled: 0, cursor: resume.clone(), spool_next: next });
+            .insert(name.clone(), SourceStatus { spooled: 0, cursor: resume.clone(), spool_next: next, expired: 0 });
         if let Some(c) = &resume {
             tracing::info!(source = %name, cursor = %c, "resuming after the last spooled event");
         }
@@ -126,8 +182,8 @@ pub fn start(
             events: tx,
             dead_letters: DeadLetters::new(&dead_dir, &name),
             shutdown: shutdown_rx.clone(),
-            alarms: sluice_flow::Alarms::default(),
-            history: None,
+            alarms: alarms.clone(),
+            history: Some(Arc::new(SpoolHistory::new(spool.clone(), name.clone()))),
         };
         let source_name = name.clone();
         tasks.push(tokio::spawn(async move {
@@ -135,7 +191,7 @@ pub fn start(
                 tracing::error!(source = %source_name, error = %e, "source stopped");
             }
         }));
-        tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone())));
+        tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone(), alarms)));
     }
 
     let mut sink_tasks = Vec::new();
@@ -147,7 +203,12 @@ pub fn start(
         let mut marks = Vec::new();
         let mut sink_status = SinkStatus::default();
         for (i, input) in spec.inputs.iter().enumerate() {
-            let done = state.watermarks.get(input).copied().unwrap_or(0);
+            // What `max_age` deleted while unacknowledged cannot be waited for any more.
+            let expired = spool.first_ordinal(input)?.saturating_sub(1);
+            let done = state.watermarks.get(input).copied().unwrap_or(0).max(expired);
+            if let Some(readers) = lock_floors(&floors).get_mut(input) {
+                readers.insert(spec.name.clone(), done);
+            }
             let mark = DispatchMark::load(&state_dir, &spec.name, input);
             // Everything up to the reservation may have been handed out before the stop, but
             // nothing past what the spool holds.
@@ -155,15 +216,13 @@ pub fn start(
             sink_status.redelivered += mark.reserved.min(tip).saturating_sub(done);
             sink_status.watermarks.insert(input.clone(), done);
             marks.push(Mark { input: input.clone(), watermark: Watermark::new(done) });
-            tasks.push(tokio::spawn(feeder(
-                spool.clone(),
-                input.clone(),
-                i as u64,
-                done + 1,
-                rec_tx.clone(),
-                mark,
-                shutdown_rx.clone(),
-            )));
+            let source = FeederInput {
+                spool: spool.clone(),
+                input: input.clone(),
+                index: i as u64,
+                alarms: boards.iter().find(|(n, _)| n == input).map(|(_, a)| a.clone()).unwrap_or_default(),
+            };
+            tasks.push(tokio::spawn(feeder(source, done + 1, rec_tx.clone(), mark, shutdown_rx.clone())));
         }
         if sink_status.redelivered > 0 {
             counter!("sluice_pipeline_redelivered_total", "sink" => spec.name.clone())
@@ -187,13 +246,113 @@ pub fn start(
             }
         });
         sink_tasks.push(run);
-        sink_tasks.push(tokio::spawn(ack_collector(spec.name, marks, ack_rx, state_dir.clone(), status.clone())));
+        sink_tasks.push(tokio::spawn(ack_collector(
+            spec.name,
+            marks,
+            ack_rx,
+            state_dir.clone(),
+            status.clone(),
+            spool.clone(),
+            floors.clone(),
+        )));
     }
-    Ok(Running { shutdown: shutdown_tx, tasks, sink_tasks, spool, status })
+    tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx)));
+    Ok(Running { shutdown: shutdown_tx, tasks, sink_tasks, spool, status, alarms: Arc::new(boards) })
 }
 
-async fn spool_writer(spool: Spool, source: String, mut rx: mpsc::Receiver<Event>, status: SharedStatus) {
+fn lock_floors(f: &Floors) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, u64>>> {
+    f.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Trims every spool once per [`KEEP_INTERVAL`] until shutdown.
+async fn keeper(
+    spool: Spool,
+    floors: Floors,
+    status: SharedStatus,
+    max_age: Option<Duration>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(KEEP_INTERVAL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let (spool, floors, status) = (spool.clone(), floors.clone(), status.clone());
+        // File deletions and a directory fsync: off the async threads.
+        let _ =
+            tokio::task::spawn_blocking(move || keep_once(&spool, &floors, &status, max_age, sluice_flow::now_ms()))
+                .await;
+    }
+}
+
+/// One pass of the keeper: per source, deletes the segments every reader has saved a
+/// watermark past (a source no sink reads is kept whole), then, with `max_age`, the segments
+/// older than that, counting and logging what some sink had not acknowledged yet.
+fn keep_once(spool: &Spool, floors: &Floors, status: &SharedStatus, max_age: Option<Duration>, now_ms: u64) {
+    let floors = lock_floors(floors).clone();
+    for (source, readers) in &floors {
+        if let Some(&floor) = readers.values().min() {
+            match spool.trim_below(source, floor + 1) {
+                Ok(t) if t.segments > 0 => {
+                    counter!("sluice_pipeline_spool_trimmed_segments_total", "source" => source.clone())
+                        .increment(t.segments);
+                    tracing::debug!(source = %source, segments = t.segments, records = t.records, "delivered spool segments deleted");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(source = %source, error = %e, "could not trim the spool"),
+            }
+        }
+        if let Some(age) = max_age {
+            let before = spool.first_ordinal(source).unwrap_or(0);
+            let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
+            match spool.trim_older_than(source, cutoff) {
+                Ok(t) if t.segments > 0 => {
+                    counter!("sluice_pipeline_spool_trimmed_segments_total", "source" => source.clone())
+                        .increment(t.segments);
+                    // Records above the lowest live watermark were not acknowledged by every
+                    // reader: they are lost to that sink.
+                    let live = {
+                        let st = lock(status);
+                        readers.keys().filter_map(|sink| st.sinks.get(sink)?.watermarks.get(source).copied()).min()
+                    };
+                    let expired = live.map_or(0, |w| {
+                        t.first_ordinal.saturating_sub(1).saturating_sub(w.max(before.saturating_sub(1)))
+                    });
+                    if expired > 0
+                        && let Some(st) = lock(status).sources.get_mut(source)
+                    {
+                        st.expired += expired;
+                    }
+                    if expired > 0 {
+                        counter!("sluice_pipeline_spool_expired_total", "source" => source.clone()).increment(expired);
+                        tracing::warn!(source = %source, events = expired, max_age = ?age,
+                            "spooled events older than max_age were deleted before every sink acknowledged them");
+                    } else {
+                        tracing::info!(source = %source, segments = t.segments, records = t.records, max_age = ?age,
+                            "spool segments older than max_age deleted (all delivered)");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(source = %source, error = %e, "could not trim the spool by age"),
+            }
+        }
+        if let Ok(first) = spool.first_ordinal(source) {
+            gauge!("sluice_pipeline_spool_first_ordinal", "source" => source.clone()).set(first as f64);
+        }
+    }
+}
+
+async fn spool_writer(
+    spool: Spool,
+    source: String,
+    mut rx: mpsc::Receiver<Event>,
+    status: SharedStatus,
+    alarms: Alarms,
+) {
     let mut buf = Vec::with_capacity(2048);
+    // Since when writes fail, and how often they did: told once when it starts and once
+    // when it ends, not per retry.
+    let mut blocked: Option<(std::time::Instant, u64)> = None;
     loop {
         if rx.recv_many(&mut buf, 2048).await == 0 {
             break;
@@ -207,6 +366,13 @@ async fn spool_writer(spool: Spool, source: String, mut rx: mpsc::Receiver<Event
             match spool.append(&source, buf.clone()).await {
                 Ok(last) => {
                     counter!("sluice_pipeline_spooled_total", "source" => source.clone()).increment(n);
+                    gauge!("sluice_pipeline_spool_last_ordinal", "source" => source.clone()).set(last as f64);
+                    if let Some((since, failures)) = blocked.take() {
+                        gauge!("sluice_pipeline_spool_blocked", "source" => source.clone()).set(0.0);
+                        alarms.clear(SPOOL_BLOCKED);
+                        tracing::info!(source = %source, blocked_ms = since.elapsed().as_millis() as u64, failures,
+                            "spool writes again: the source reads again");
+                    }
                     let mut st = lock(&status);
                     if let Some(s) = st.sources.get_mut(&source) {
                         s.spooled += n;
@@ -219,9 +385,20 @@ async fn spool_writer(spool: Spool, source: String, mut rx: mpsc::Receiver<Event
                 }
                 Err(e) => {
                     counter!("sluice_pipeline_spool_errors_total", "source" => source.clone()).increment(1);
-                    tracing::error!(source = %source, error = %e, retry_in_ms = backoff.as_millis() as u64, "spool write failed; retrying");
+                    match &mut blocked {
+                        Some((_, failures)) => {
+                            *failures += 1;
+                            tracing::debug!(source = %source, error = %e, retry_in_ms = backoff.as_millis() as u64, "spool write failed again");
+                        }
+                        None => {
+                            blocked = Some((std::time::Instant::now(), 1));
+                            gauge!("sluice_pipeline_spool_blocked", "source" => source.clone()).set(1.0);
+                            alarms.raise(SPOOL_BLOCKED, format!("spool cannot write: {e}"));
+                            tracing::error!(source = %source, "spool cannot write ({e}): the source stops reading until space returns");
+                        }
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(MAX_WRITE_BACKOFF);
                 }
             }
         }
@@ -235,15 +412,23 @@ struct Mark {
     watermark: Watermark,
 }
 
-async fn feeder(
+/// What a feeder reads: one source's spool, its position among the sink's inputs, and the
+/// source's alarm board (a spool that cannot be read is that source's alarm).
+struct FeederInput {
     spool: Spool,
     input: String,
     index: u64,
+    alarms: Alarms,
+}
+
+async fn feeder(
+    source: FeederInput,
     mut next: u64,
     tx: mpsc::Sender<Record>,
     mut dispatched: DispatchMark,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let FeederInput { spool, input, index, alarms } = source;
     let mut changes = match spool.watch(&input) {
         Ok(w) => w,
         Err(e) => {
@@ -256,9 +441,16 @@ async fn feeder(
             return;
         }
         let (records, after) = match spool.read(&input, next, 1024) {
-            Ok(r) => r,
+            Ok(r) => {
+                if alarms.is_raised(SPOOL_READ_FAILED) && alarms.clear(SPOOL_READ_FAILED) {
+                    tracing::info!(input = %input, "spool reads again");
+                }
+                r
+            }
             Err(e) => {
-                tracing::error!(input = %input, error = %e, "spool read failed; retrying");
+                if alarms.raise(SPOOL_READ_FAILED, format!("spool read failed: {e}")) {
+                    tracing::error!(input = %input, error = %e, "spool read failed; retrying");
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
@@ -285,7 +477,7 @@ async fn feeder(
             let record = Record {
                 id: (index << ORDINAL_BITS) | (ordinal & ORDINAL_MASK),
                 payload: r.payload,
-                received_ms: r.arrival_ms,
+                received_ms: r.received_ms,
             };
             // Without waiting when the sink has room (the common case), else until it has.
             let record = match tx.try_send(record) {
@@ -308,10 +500,13 @@ async fn ack_collector(
     mut rx: mpsc::UnboundedReceiver<Ack>,
     state_dir: PathBuf,
     status: SharedStatus,
+    spool: Spool,
+    floors: Floors,
 ) {
     let mut state = SinkState::load(&state_dir, &sink).unwrap_or_default();
     let mut dirty = false;
-    let mut saving: Option<JoinHandle<bool>> = None;
+    // The save in progress and what it saves (the spool may be trimmed below it once saved).
+    let mut saving: Option<(JoinHandle<bool>, SinkState)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -339,28 +534,61 @@ async fn ack_collector(
                 counter!(label, "sink" => sink.clone()).increment(n);
             }
             _ = tick.tick() => {
+                // Records `max_age` deleted before this sink acknowledged them (counted by the
+                // keeper): the watermark passes them, or it would wait for them forever.
+                let mut skipped = false;
+                for m in &mut marks {
+                    if let Ok(first) = spool.first_ordinal(&m.input)
+                        && m.watermark.skip_to(first.saturating_sub(1))
+                    {
+                        skipped = true;
+                    }
+                }
+                if skipped {
+                    dirty = true;
+                    if let Some(s) = lock(&status).sinks.get_mut(&sink) {
+                        for m in &marks {
+                            s.watermarks.insert(m.input.clone(), m.watermark.done);
+                        }
+                    }
+                }
                 // One save at a time, off the async threads (it fsyncs twice); a failed one
                 // is tried again on the next tick.
-                if saving.as_ref().is_some_and(|h| h.is_finished())
-                    && let Some(h) = saving.take()
-                    && !h.await.unwrap_or(false)
+                if saving.as_ref().is_some_and(|(h, _)| h.is_finished())
+                    && let Some((h, saved)) = saving.take()
                 {
-                    dirty = true;
+                    if h.await.unwrap_or(false) {
+                        raise_floors(&floors, &sink, &saved);
+                    } else {
+                        dirty = true;
+                    }
                 }
                 if dirty && saving.is_none() {
                     let snapshot = snapshot(&sink, &marks, &mut state);
-                    let (name, dir) = (sink.clone(), state_dir.clone());
-                    saving = Some(tokio::task::spawn_blocking(move || persist(&name, &snapshot, &dir)));
+                    let (name, dir, saved) = (sink.clone(), state_dir.clone(), snapshot.clone());
+                    saving = Some((tokio::task::spawn_blocking(move || persist(&name, &snapshot, &dir)), saved));
                     dirty = false;
                 }
             }
         }
     }
-    if let Some(h) = saving.take() {
+    if let Some((h, _)) = saving.take() {
         let _ = h.await;
     }
     let snapshot = snapshot(&sink, &marks, &mut state);
     let _ = tokio::task::spawn_blocking(move || persist(&sink, &snapshot, &state_dir)).await;
+}
+
+/// Records a saved state as the sink's floor under each input's spool.
+fn raise_floors(floors: &Floors, sink: &str, saved: &SinkState) {
+    let mut f = lock_floors(floors);
+    for (input, &w) in &saved.watermarks {
+        if let Some(readers) = f.get_mut(input)
+            && let Some(floor) = readers.get_mut(sink)
+        {
+            *floor = (*floor).max(w);
+        }
+    }
 }
 
 /// The state to save now (and the watermark gauges).
@@ -397,6 +625,11 @@ impl Running {
         }
         let spool = self.spool.clone();
         let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
+    }
+
+    /// Every raised alarm, by component (source name).
+    pub fn raised_alarms(&self) -> Vec<RaisedAlarm> {
+        raised_alarms(&self.alarms)
     }
 
     /// A snapshot of the live counters.
@@ -469,14 +702,147 @@ mod tests {
         }
     }
 
+    fn collect(name: &str, ack_limit: usize) -> (SinkSpec, Arc<Mutex<Vec<Bytes>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Box::new(Collect { got: got.clone(), ack_limit });
+        (SinkSpec { name: name.into(), inputs: vec!["feed".into()], sink }, got)
+    }
+
+    fn counting(count: u64) -> Vec<(String, Box<dyn Source>)> {
+        vec![("feed".into(), Box::new(Counter { count, seen_resume: Arc::new(Mutex::new(None)) }))]
+    }
+
+    /// Small segments, so that trimming happens within a few hundred events.
+    fn small_segments(dir: &Path, max_age: Option<Duration>) -> RuntimeOptions {
+        RuntimeOptions {
+            data_dir: dir.to_path_buf(),
+            spool: SpoolOptions { segment_bytes: 1024, ..SpoolOptions::default() },
+            spool_max_age: max_age,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spool_is_trimmed_only_below_the_slowest_sinks_saved_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = small_segments(dir.path(), None);
+        let (fast, fast_got) = collect("fast", usize::MAX);
+        let (slow, _) = collect("slow", 100);
+        let run = start(&opts, counting(300), vec![fast, slow]).expect("start");
+        wait_for(|| fast_got.lock().map(|g| g.len() == 300).unwrap_or(false)).await;
+        wait_for(|| run.status().sinks["slow"].watermarks["feed"] == 100).await;
+        // The keeper trims once the slow sink's watermark is saved: whole segments below 101.
+        wait_for(|| run.spool.first_ordinal("feed").is_ok_and(|f| f > 1)).await;
+        tokio::time::sleep(KEEP_INTERVAL * 2).await;
+        let first = run.spool.first_ordinal("feed").expect("first");
+        assert!(first <= 101, "nothing the slow sink still needs is deleted (first kept: {first})");
+        assert!(first > 50, "segments below its watermark are (first kept: {first})");
+        assert_eq!(run.status().sources["feed"].expired, 0);
+        run.shutdown().await;
+
+        // Restarted, the slow sink gets everything after its watermark from the spool.
+        let (slow, slow_got) = collect("slow", usize::MAX);
+        let run = start(&opts, counting(0), vec![slow]).expect("restart");
+        wait_for(|| slow_got.lock().map(|g| g.len() == 200).unwrap_or(false)).await;
+        wait_for(|| run.status().sinks["slow"].watermarks["feed"] == 300).await;
+        // Now every segment but the newest goes.
+        wait_for(|| run.spool.first_ordinal("feed").is_ok_and(|f| f > 250)).await;
+        run.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_no_sink_reads_is_kept_whole_and_max_age_expiry_is_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let run = start(&small_segments(dir.path(), None), counting(200), vec![]).expect("start");
+        wait_for(|| run.status().sources["feed"].spool_next == 201).await;
+        tokio::time::sleep(KEEP_INTERVAL * 2).await;
+        assert_eq!(run.spool.first_ordinal("feed").expect("first"), 1, "no reader: nothing is trimmed");
+        run.shutdown().await;
+
+        // A sink acknowledges 50 (saved); nothing it still needs goes.
+        let (slow, _) = collect("slow", 50);
+        let run = start(&small_segments(dir.path(), None), counting(0), vec![slow]).expect("restart");
+        wait_for(|| run.status().sinks["slow"].watermarks["feed"] == 50).await;
+        tokio::time::sleep(KEEP_INTERVAL * 2).await;
+        assert!(run.spool.first_ordinal("feed").expect("first") <= 51);
+        run.shutdown().await;
+
+        // With max_age, old segments go even though the sink has not acknowledged them: counted.
+        let opts = small_segments(dir.path(), Some(Duration::from_millis(1)));
+        let (slow, _) = collect("slow", 0);
+        let run = start(&opts, counting(0), vec![slow]).expect("restart");
+        wait_for(|| run.spool.first_ordinal("feed").is_ok_and(|f| f > 100)).await;
+        let first = run.spool.first_ordinal("feed").expect("first");
+        wait_for(|| run.status().sources["feed"].expired == first - 1 - 50).await;
+        // The watermark passes what is gone (or it would wait for those acks forever).
+        wait_for(|| run.status().sinks["slow"].watermarks["feed"] == first - 1).await;
+        run.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sinks_get_the_sources_received_time_and_sources_get_history() {
+        type Seen = Arc<Mutex<Option<Vec<(u64, Bytes)>>>>;
+        struct Stamped {
+            history: Seen,
+        }
+        impl Source for Stamped {
+            fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<Result<(), FlowError>> {
+                Box::pin(async move {
+                    let h = ctx.history.as_ref().map(|h| h.recent(3, 0));
+                    *self.history.lock().unwrap_or_else(|p| p.into_inner()) = h;
+                    for i in 1..=5u64 {
+                        let e = Event { payload: Bytes::from(format!("e{i}")), cursor: None, received_ms: 1_000 + i };
+                        if ctx.events.send(e).await.is_err() {
+                            break;
+                        }
+                    }
+                    let mut stop = ctx.shutdown.clone();
+                    let _ = stop.wait_for(|s| *s).await;
+                    Ok(())
+                })
+            }
+        }
+        struct Times(Arc<Mutex<Vec<u64>>>);
+        impl Sink for Times {
+            fn run(self: Box<Self>, mut ctx: SinkContext) -> BoxFuture<Result<(), FlowError>> {
+                Box::pin(async move {
+                    while let Some(r) = ctx.records.recv().await {
+                        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(r.received_ms);
+                        let _ = ctx.acks.send(Ack::Delivered(vec![r.id]));
+                    }
+                    Ok(())
+                })
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = small_segments(dir.path(), None);
+        let history = Arc::new(Mutex::new(None));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let sink =
+            || SinkSpec { name: "out".into(), inputs: vec!["feed".into()], sink: Box::new(Times(times.clone())) };
+        let source = || -> Vec<(String, Box<dyn Source>)> {
+            vec![("feed".into(), Box::new(Stamped { history: history.clone() }))]
+        };
+        let run = start(&opts, source(), vec![sink()]).expect("start");
+        wait_for(|| times.lock().map(|t| t.len() == 5).unwrap_or(false)).await;
+        assert_eq!(
+            *times.lock().expect("times"),
+            vec![1_001, 1_002, 1_003, 1_004, 1_005],
+            "the socket's time, not the spool's"
+        );
+        assert_eq!(*history.lock().expect("history"), Some(vec![]), "nothing spooled before the first start");
+        run.shutdown().await;
+        let run = start(&opts, source(), vec![sink()]).expect("restart");
+        wait_for(|| history.lock().map(|h| h.as_ref().is_some_and(|h| !h.is_empty())).unwrap_or(false)).await;
+        let want: Vec<(u64, Bytes)> = (3..=5).map(|i| (1_000 + i, Bytes::from(format!("e{i}")))).collect();
+        assert_eq!(*history.lock().expect("history"), Some(want), "the newest spooled events, oldest first");
+        run.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_flow_and_a_restart_resumes_from_spool_and_watermark() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = RuntimeOptions {
-            data_dir: dir.path().to_path_buf(),
-            spool_durability: Durability::Fsync,
-            spool_retention_hours: 24,
-        };
+        let opts =
+            RuntimeOptions { data_dir: dir.path().to_path_buf(), spool: SpoolOptions::default(), spool_max_age: None };
         let resume = Arc::new(Mutex::new(None));
         let got = Arc::new(Mutex::new(Vec::new()));
         let run = start(

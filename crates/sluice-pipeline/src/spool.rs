@@ -2,18 +2,39 @@
 //!
 //! It is the storage engine of the embedded stream used as a local log: one single-shard
 //! stream per source under `data_dir/spool`, appended with group commit (fsync by default),
-//! each record carrying the event's payload and, in the key field, the source cursor after it.
-//! So a source resumes from the cursor of the last spooled event, a slow or failing sink never
-//! holds up the provider's connection, and each sink reads at its own pace from its own
-//! watermark (kept in `data_dir/state/<sink>.json`, advanced only over acknowledged records).
+//! each record carrying the event's payload and, in the key field, the time the source
+//! received it and the source cursor after it (see [`encode_key`]). So a source resumes from
+//! the cursor of the last spooled event, a slow or failing sink never holds up the provider's
+//! connection, and each sink reads at its own pace from its own watermark (kept in
+//! `data_dir/state/<sink>.json`, advanced only over acknowledged records).
+//!
+//! Nothing trims the spool by itself: the runtime deletes whole segments below the lowest
+//! saved watermark of the sinks reading a source ([`Spool::trim_below`]), so an event stays
+//! until every sink has it, and, only if `[spool] max_age` is set, segments older than that
+//! ([`Spool::trim_older_than`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sluice_flow::Event;
-use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig, StoredRecord, StreamMeta};
+use sluice_flow::{Event, SpooledHistory};
+use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig, StoredRecord, StreamMeta, Trimmed};
+
+/// How the spool is kept.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// When an append counts as spooled.
+    pub durability: Durability,
+    /// Segment size (the unit of trimming).
+    pub segment_bytes: u64,
+}
+
+impl Default for SpoolOptions {
+    fn default() -> Self {
+        SpoolOptions { durability: Durability::Fsync, segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES }
+    }
+}
 
 /// All spools of one pipeline.
 #[derive(Clone)]
@@ -32,6 +53,9 @@ pub struct Spooled {
     pub ordinal: u64,
     /// When it was spooled, epoch ms.
     pub arrival_ms: u64,
+    /// When the source received it, epoch ms (the spool time for events spooled before this
+    /// was recorded, or whose source did not say).
+    pub received_ms: u64,
     /// The event's payload.
     pub payload: Bytes,
 }
@@ -40,18 +64,26 @@ pub struct Spooled {
 const TAIL_RECORDS: usize = 65_536;
 const TAIL_BYTES: usize = 32 * 1024 * 1024;
 
+/// One event in the memory tail.
+#[derive(Debug, Clone)]
+struct Kept {
+    arrival_ms: u64,
+    received_ms: u64,
+    payload: Bytes,
+}
+
 /// The newest durable events of one source, kept in memory so that feeders that keep up hand
 /// them on without reading them back from disk. Only durable events enter it.
 #[derive(Default)]
 struct Tail {
     /// Ordinal of `events[0]`.
     first: u64,
-    events: VecDeque<(u64, Bytes)>,
+    events: VecDeque<Kept>,
     bytes: usize,
 }
 
 impl Tail {
-    fn push(&mut self, first_ordinal: u64, events: &[(u64, Bytes)]) {
+    fn push(&mut self, first_ordinal: u64, events: &[Kept]) {
         if self.first + self.events.len() as u64 != first_ordinal {
             // Not contiguous with what is kept (the first append, or after a restart).
             self.events.clear();
@@ -59,12 +91,12 @@ impl Tail {
             self.first = first_ordinal;
         }
         for e in events {
-            self.bytes += e.1.len();
+            self.bytes += e.payload.len();
             self.events.push_back(e.clone());
         }
         while self.events.len() > TAIL_RECORDS || self.bytes > TAIL_BYTES {
-            let Some((_, old)) = self.events.pop_front() else { break };
-            self.bytes -= old.len();
+            let Some(old) = self.events.pop_front() else { break };
+            self.bytes -= old.payload.len();
             self.first += 1;
         }
     }
@@ -82,10 +114,11 @@ impl Tail {
                 .range(skip..)
                 .take(max)
                 .zip(from..)
-                .map(|((arrival_ms, payload), ordinal)| Spooled {
+                .map(|(e, ordinal)| Spooled {
                     ordinal,
-                    arrival_ms: *arrival_ms,
-                    payload: payload.clone(),
+                    arrival_ms: e.arrival_ms,
+                    received_ms: e.received_ms,
+                    payload: e.payload.clone(),
                 })
                 .collect(),
         )
@@ -95,26 +128,54 @@ impl Tail {
 /// The tag every spool stream uses (spool streams are never re-created under the same name).
 const TAG: u32 = 1;
 
+/// Marks a key written by this version: `\0<received_ms>\0<cursor>`. Earlier versions stored
+/// the cursor alone; a cursor is a provider's position (digits, ids, timestamps) and never
+/// starts with a NUL, so a key without this shape is read as such an old, bare cursor.
+const KEY_MARK: char = '\0';
+
+/// The key field of a spool record: when the source received the event and its cursor.
+pub fn encode_key(received_ms: u64, cursor: Option<&str>) -> String {
+    format!("{KEY_MARK}{received_ms}{KEY_MARK}{}", cursor.unwrap_or(""))
+}
+
+/// Reads a key written by [`encode_key`] or by an earlier version (the bare cursor): the
+/// received time, if recorded (0 counts as not recorded), and the cursor, if any.
+pub fn decode_key(key: &str) -> (Option<u64>, Option<&str>) {
+    let parsed = key.strip_prefix(KEY_MARK).and_then(|rest| {
+        let (ms, cursor) = rest.split_once(KEY_MARK)?;
+        let ms = (!ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())).then(|| ms.parse::<u64>().ok())??;
+        Some((ms, cursor))
+    });
+    let (received, cursor) = match parsed {
+        Some((ms, cursor)) => (Some(ms).filter(|&ms| ms > 0), cursor),
+        None => (None, key),
+    };
+    (received, Some(cursor).filter(|c| !c.is_empty()))
+}
+
+fn spooled_of(r: StoredRecord) -> Spooled {
+    let received_ms = decode_key(&r.partition_key).0.unwrap_or(r.arrival_ms);
+    Spooled { ordinal: r.ordinal, arrival_ms: r.arrival_ms, received_ms, payload: Bytes::from(r.data) }
+}
+
 impl Spool {
     /// Opens (or creates) the spools under `dir`, one stream per source name.
-    pub fn open(
-        dir: &Path,
-        durability: Durability,
-        retention_hours: u32,
-        sources: &[String],
-    ) -> Result<Spool, StorageError> {
+    pub fn open(dir: &Path, opts: &SpoolOptions, sources: &[String]) -> Result<Spool, StorageError> {
         let mut cfg = StoreConfig::new(dir.to_path_buf());
-        cfg.durability = durability;
+        cfg.durability = opts.durability;
+        cfg.segment_bytes = opts.segment_bytes;
+        // The runtime decides what may go (delivered, or past `max_age`), not the streams'
+        // `retention_hours` (which spools of earlier versions still carry in their catalog).
+        cfg.retention_thread = false;
         let store = Store::open(cfg)?;
         let now = sluice_flow::now_ms();
         store.mutate_catalog(|cat| {
             for name in sources {
-                let entry = cat.streams.entry(name.clone()).or_insert_with(|| {
+                cat.streams.entry(name.clone()).or_insert_with(|| {
                     let mut meta = StreamMeta::new(name.clone(), TAG, now, vec![sluice_core::HashKeyRange::FULL]);
                     meta.max_record_size_kib = 65536;
                     meta
                 });
-                entry.retention_hours = retention_hours;
             }
             Ok::<(), StorageError>(())
         })?;
@@ -129,14 +190,26 @@ impl Spool {
 
     /// Appends events in order; returns the ordinal of the last one. Durable on return.
     pub async fn append(&self, source: &str, events: Vec<Event>) -> Result<u64, StorageError> {
-        let payloads: Vec<Bytes> = events.iter().map(|e| e.payload.clone()).collect();
+        let meta: Vec<(u64, Bytes)> = events.iter().map(|e| (e.received_ms, e.payload.clone())).collect();
         let records = events
             .into_iter()
-            .map(|e| AppendRecord { shard: 0, partition_key: e.cursor.unwrap_or_default(), data: e.payload })
+            .map(|e| AppendRecord {
+                shard: 0,
+                partition_key: encode_key(e.received_ms, e.cursor.as_deref()),
+                data: e.payload,
+            })
             .collect();
         let done = self.store.append(source, TAG, records).await?;
         if let (Some(first), Some(tail)) = (done.first(), self.tails.get(source)) {
-            let kept: Vec<(u64, Bytes)> = done.iter().map(|a| a.arrival_ms).zip(payloads).collect();
+            let kept: Vec<Kept> = done
+                .iter()
+                .zip(meta)
+                .map(|(a, (received_ms, payload))| Kept {
+                    arrival_ms: a.arrival_ms,
+                    received_ms: if received_ms > 0 { received_ms } else { a.arrival_ms },
+                    payload,
+                })
+                .collect();
             tail.lock().unwrap_or_else(|p| p.into_inner()).push(first.ordinal, &kept);
         }
         let last = done.last().map_or(0, |a| a.ordinal);
@@ -146,8 +219,9 @@ impl Spool {
         Ok(last)
     }
 
-    /// Up to `max` events from `from` (an ordinal; 1 is the first ever), and the ordinal after
-    /// the last one returned. Recent events come from memory, older ones from disk.
+    /// Up to `max` events from `from` (an ordinal; 1 is the first ever; a trimmed one reads
+    /// from the oldest kept), and the ordinal after the last one returned. Recent events come
+    /// from memory, older ones from disk.
     pub fn read(&self, source: &str, from: u64, max: usize) -> Result<(Vec<Spooled>, u64), StorageError> {
         if let Some(tail) = self.tails.get(source)
             && let Some(events) = tail.lock().unwrap_or_else(|p| p.into_inner()).read(from, max)
@@ -156,11 +230,7 @@ impl Spool {
             return Ok((events, next));
         }
         let (records, next) = self.read_stored(source, from, max)?;
-        let events = records
-            .into_iter()
-            .map(|r| Spooled { ordinal: r.ordinal, arrival_ms: r.arrival_ms, payload: Bytes::from(r.data) })
-            .collect();
-        Ok((events, next))
+        Ok((records.into_iter().map(spooled_of).collect(), next))
     }
 
     fn read_stored(&self, source: &str, from: u64, max: usize) -> Result<(Vec<StoredRecord>, u64), StorageError> {
@@ -173,6 +243,11 @@ impl Spool {
         Ok(self.store.shard_position(source, TAG, 0)?.next_ordinal)
     }
 
+    /// The oldest ordinal still kept (`next_ordinal` when nothing is).
+    pub fn first_ordinal(&self, source: &str) -> Result<u64, StorageError> {
+        Ok(self.store.shard_position(source, TAG, 0)?.first_ordinal)
+    }
+
     /// The cursor stored with the newest spooled event, if any.
     pub fn last_cursor(&self, source: &str) -> Result<Option<String>, StorageError> {
         let pos = self.store.shard_position(source, TAG, 0)?;
@@ -180,7 +255,35 @@ impl Spool {
             return Ok(None);
         }
         let (records, _) = self.read_stored(source, pos.next_ordinal - 1, 1)?;
-        Ok(records.into_iter().next().map(|r| r.partition_key).filter(|c| !c.is_empty()))
+        Ok(records.first().and_then(|r| decode_key(&r.partition_key).1.map(str::to_owned)))
+    }
+
+    /// Up to `max` of the newest spooled events received at or after `since_ms`, oldest first.
+    pub fn recent(&self, source: &str, max: usize, since_ms: u64) -> Result<Vec<Spooled>, StorageError> {
+        let pos = self.store.shard_position(source, TAG, 0)?;
+        let mut from = pos.next_ordinal.saturating_sub(max as u64).max(pos.first_ordinal);
+        let mut out = Vec::with_capacity(max.min(4096));
+        while from < pos.next_ordinal && out.len() < max {
+            let (events, next) = self.read(source, from, max - out.len())?;
+            if events.is_empty() || next <= from {
+                break;
+            }
+            out.extend(events.into_iter().filter(|e| e.received_ms >= since_ms));
+            from = next;
+        }
+        Ok(out)
+    }
+
+    /// Deletes the source's whole segments that hold only ordinals below `ordinal` (never the
+    /// newest segment).
+    pub fn trim_below(&self, source: &str, ordinal: u64) -> Result<Trimmed, StorageError> {
+        self.store.trim_below(source, TAG, 0, ordinal)
+    }
+
+    /// Deletes the source's whole segments whose newest event was spooled before `cutoff_ms`
+    /// (never the newest segment), delivered or not.
+    pub fn trim_older_than(&self, source: &str, cutoff_ms: u64) -> Result<Trimmed, StorageError> {
+        self.store.trim_older_than(source, TAG, 0, cutoff_ms)
     }
 
     /// Wakes when new events are spooled (durable, and in the memory tail).
@@ -191,6 +294,34 @@ impl Spool {
     /// Stops the store's writer after pending appends.
     pub fn shutdown(&self) {
         self.store.shutdown();
+    }
+}
+
+/// A source's spooled history, as [`SourceContext::history`](sluice_flow::SourceContext)
+/// hands it to the source (to rebuild a de-duplication window after a restart).
+pub struct SpoolHistory {
+    spool: Spool,
+    source: String,
+}
+
+impl SpoolHistory {
+    /// The history of `source`.
+    pub fn new(spool: Spool, source: String) -> SpoolHistory {
+        SpoolHistory { spool, source }
+    }
+}
+
+impl SpooledHistory for SpoolHistory {
+    fn recent(&self, max: usize, since_ms: u64) -> Vec<(u64, Bytes)> {
+        match self.spool.recent(&self.source, max, since_ms) {
+            Ok(events) => events.into_iter().map(|e| (e.received_ms, e.payload)).collect(),
+            Err(e) => {
+                // The source then starts with an empty window: a duplicate may get through,
+                // nothing is lost.
+                tracing::warn!(source = %self.source, error = %e, "could not read the spooled history");
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -334,6 +465,22 @@ impl Watermark {
         true
     }
 
+    /// Moves the watermark to at least `ordinal` without acknowledgements: everything up to it
+    /// is gone from the spool (expired by `max_age`), so no ack for it can be waited for.
+    /// Returns true if the watermark moved.
+    pub fn skip_to(&mut self, ordinal: u64) -> bool {
+        if ordinal <= self.done {
+            return false;
+        }
+        self.done = ordinal;
+        self.pending = self.pending.split_off(&(ordinal + 1));
+        while self.pending.first() == Some(&(self.done + 1)) {
+            self.pending.pop_first();
+            self.done += 1;
+        }
+        true
+    }
+
     /// Acknowledged but not yet contiguous.
     pub fn pending(&self) -> usize {
         self.pending.len()
@@ -381,10 +528,108 @@ mod tests {
     }
 
     #[test]
+    fn skip_to_passes_expired_ordinals_and_absorbs_later_acks() {
+        let mut w = Watermark::new(3);
+        assert!(!w.ack(8));
+        assert!(!w.ack(10));
+        assert!(w.skip_to(7), "4..=7 expired");
+        assert_eq!((w.done, w.pending()), (8, 1), "8 was acknowledged already");
+        assert!(!w.skip_to(5));
+        assert!(w.ack(9));
+        assert_eq!((w.done, w.pending()), (10, 0));
+    }
+
+    #[test]
+    fn keys_carry_received_time_and_cursor_and_old_bare_cursors_still_read() {
+        assert_eq!(decode_key(&encode_key(1_700_000_000_123, Some("42"))), (Some(1_700_000_000_123), Some("42")));
+        assert_eq!(decode_key(&encode_key(5, None)), (Some(5), None));
+        assert_eq!(decode_key(&encode_key(0, Some("7"))), (None, Some("7")), "0: not recorded");
+        assert_eq!(decode_key(&encode_key(9, Some("a\0b"))), (Some(9), Some("a\0b")));
+        // Keys of earlier versions: the cursor alone (or nothing).
+        assert_eq!(decode_key("1234"), (None, Some("1234")));
+        assert_eq!(decode_key(""), (None, None));
+        assert_eq!(decode_key("evt-9:x"), (None, Some("evt-9:x")));
+        assert_eq!(decode_key("\0x\0y"), (None, Some("\0x\0y")), "not our shape: a bare cursor");
+    }
+
+    /// A spool written by the previous version (cursor alone in the key, 24 h retention in its
+    /// catalog) still resumes its source and feeds sinks; new events carry their received time.
+    #[test]
+    fn spools_of_the_previous_version_still_resume_and_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        {
+            let store = Store::open(StoreConfig::new(dir.path())).expect("open");
+            store
+                .mutate_catalog(|cat| {
+                    let mut meta = StreamMeta::new("feed".into(), TAG, 1, vec![sluice_core::HashKeyRange::FULL]);
+                    meta.retention_hours = 24;
+                    cat.streams.insert("feed".into(), meta);
+                    Ok::<(), StorageError>(())
+                })
+                .expect("create");
+            let old: Vec<AppendRecord> = (1..=3)
+                .map(|i| AppendRecord { shard: 0, partition_key: format!("{i}"), data: Bytes::from(format!("old{i}")) })
+                .collect();
+            rt.block_on(store.append("feed", TAG, old)).expect("append");
+            store.shutdown();
+        }
+        let spool = Spool::open(dir.path(), &SpoolOptions::default(), &["feed".to_owned()]).expect("open");
+        assert_eq!(spool.last_cursor("feed").expect("cursor").as_deref(), Some("3"), "the source resumes after 3");
+        let (old, next) = spool.read("feed", 1, 10).expect("read");
+        assert_eq!(next, 4);
+        assert!(old.iter().all(|e| e.received_ms == e.arrival_ms && e.received_ms > 0), "{old:?}");
+        let received = old[2].received_ms + 5;
+        let e = Event { payload: Bytes::from("new4"), cursor: Some("4".into()), received_ms: received };
+        assert_eq!(rt.block_on(spool.append("feed", vec![e])).expect("append"), 4);
+        assert_eq!(spool.read("feed", 4, 1).expect("read").0[0].received_ms, received, "from memory");
+        spool.shutdown();
+        drop(spool);
+        let spool = Spool::open(dir.path(), &SpoolOptions::default(), &["feed".to_owned()]).expect("reopen");
+        let (all, _) = spool.read("feed", 1, 10).expect("read");
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3].received_ms, received, "from disk");
+        assert_eq!(spool.last_cursor("feed").expect("cursor").as_deref(), Some("4"));
+        let history = SpoolHistory::new(spool.clone(), "feed".into());
+        assert_eq!(
+            history.recent(2, 0),
+            vec![(all[2].received_ms, Bytes::from("old3")), (received, Bytes::from("new4"))]
+        );
+        assert_eq!(history.recent(10, received), vec![(received, Bytes::from("new4"))]);
+        spool.shutdown();
+    }
+
+    #[test]
+    fn recent_reads_the_newest_events_from_memory_or_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+        let opts = SpoolOptions { segment_bytes: 2048, ..SpoolOptions::default() };
+        let spool = Spool::open(dir.path(), &opts, &["feed".to_owned()]).expect("open");
+        let ev =
+            |i: u64| Event { payload: Bytes::from(format!("{i:0>100}")), cursor: Some(i.to_string()), received_ms: i };
+        rt.block_on(spool.append("feed", (1..=100).map(ev).collect())).expect("append");
+        let got = spool.recent("feed", 5, 0).expect("recent");
+        assert_eq!(got.iter().map(|e| e.received_ms).collect::<Vec<_>>(), vec![96, 97, 98, 99, 100]);
+        assert_eq!(spool.recent("feed", 50, 98).expect("recent").len(), 3, "only those received since 98");
+        spool.shutdown();
+        drop(spool);
+        let spool = Spool::open(dir.path(), &opts, &["feed".to_owned()]).expect("reopen");
+        // After a restart the memory tail is empty: the same answer comes from disk.
+        let got = spool.recent("feed", 5, 0).expect("recent");
+        assert_eq!(got.iter().map(|e| e.received_ms).collect::<Vec<_>>(), vec![96, 97, 98, 99, 100]);
+        // Trimming below 60 keeps every segment holding 60 or later, and the newest.
+        let t = spool.trim_below("feed", 60).expect("trim");
+        assert!(t.segments > 0 && t.first_ordinal <= 60, "{t:?}");
+        assert_eq!(spool.first_ordinal("feed").expect("first"), t.first_ordinal);
+        assert_eq!(spool.recent("feed", 1000, 0).expect("recent").len() as u64, 101 - t.first_ordinal);
+        spool.shutdown();
+    }
+
+    #[test]
     fn spool_round_trip_and_cursor() {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let spool = Spool::open(dir.path(), Durability::Fsync, 24, &["feed".to_owned()]).expect("open");
+        let spool = Spool::open(dir.path(), &SpoolOptions::default(), &["feed".to_owned()]).expect("open");
         let events = (1..=3)
             .map(|i| Event {
                 payload: bytes::Bytes::from(format!("e{i}")),
@@ -399,26 +644,26 @@ mod tests {
         assert_eq!(next, 4);
         spool.shutdown();
         drop(spool);
-        let again = Spool::open(dir.path(), Durability::Fsync, 24, &["feed".to_owned()]).expect("reopen");
+        let again = Spool::open(dir.path(), &SpoolOptions::default(), &["feed".to_owned()]).expect("reopen");
         assert_eq!(again.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
         assert_eq!(again.next_ordinal("feed").expect("next"), 4);
     }
 
     #[test]
     fn the_tail_keeps_the_newest_contiguous_events() {
-        let ev = |o: u64| (o * 10, Bytes::from(format!("e{o}")));
+        let ev = |o: u64| Kept { arrival_ms: o * 10, received_ms: o * 10 - 1, payload: Bytes::from(format!("e{o}")) };
         let mut t = Tail::default();
         t.push(5, &[ev(5), ev(6), ev(7)]);
         assert_eq!(t.read(4, 10), None, "before the tail: read from disk");
         assert_eq!(t.read(8, 10), None, "past the tail: ask the store");
         let got = t.read(6, 10).expect("kept");
         assert_eq!(got.iter().map(|e| e.ordinal).collect::<Vec<_>>(), vec![6, 7]);
-        assert_eq!(got[0], Spooled { ordinal: 6, arrival_ms: 60, payload: Bytes::from("e6") });
+        assert_eq!(got[0], Spooled { ordinal: 6, arrival_ms: 60, received_ms: 59, payload: Bytes::from("e6") });
         assert_eq!(t.read(5, 1).expect("kept").len(), 1);
         t.push(9, &[ev(9)]);
         assert_eq!(t.read(7, 10), None, "a gap resets the tail");
         assert_eq!(t.read(9, 10).expect("kept")[0].ordinal, 9);
-        let many: Vec<(u64, Bytes)> = (10..10 + TAIL_RECORDS as u64 + 5).map(ev).collect();
+        let many: Vec<Kept> = (10..10 + TAIL_RECORDS as u64 + 5).map(ev).collect();
         t.push(10, &many);
         assert_eq!(t.events.len(), TAIL_RECORDS);
         assert_eq!(t.first, 15, "the oldest were dropped");
