@@ -154,3 +154,45 @@ async fn bad_responses_are_handshake_failures_and_retried() {
     assert_eq!(m.counter("sluice_source_connects_total", &[("source", "sse-bad")]), 1);
     run.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_merge_into_one_stream_with_gaps_filled_by_the_other_connection() {
+    let (m, _g) = metrics_recorder();
+    // Connection 1 misses 20..=29, connection 2 misses 60..=69; every other event comes on
+    // both. No resume: each connection starts from 1.
+    let (port, _server) = common::serve(move |n, mut stream| async move {
+        if common::read_request(&mut stream).await.is_none() {
+            return;
+        }
+        let _ = stream.write_all(HEAD).await;
+        let hole = if n == 1 { 20..=29 } else { 60..=69 };
+        for i in 1..=100 {
+            if hole.contains(&i) {
+                continue;
+            }
+            if write_split(&mut stream, &format!("data: {{\"seq\":{i}}}\n\n")).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let config = format!(
+        "url = \"http://127.0.0.1:{port}/events\"\nreplicas = 2\ndedup = {{ key = [\"/seq\"] }}\ngaps = {{ field = \"/seq\", wait = \"5s\" }}"
+    );
+    let mut run = start("sse-replicas", source("sse-replicas", &config), None, 256);
+    let events = run.take(100, WITHIN).await;
+    let mut seqs: Vec<i64> = events.iter().map(common::seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "every event exactly once");
+    run.expect_nothing(Duration::from_millis(300)).await;
+    let labels = |reason| [("source", "sse-replicas"), ("reason", reason)];
+    assert_eq!(m.counter("sluice_source_duplicates_total", &labels("dedup")), 80);
+    assert_eq!(m.gauge("sluice_source_connected", &[("source", "sse-replicas")]), 2.0);
+    // Each hole opened in one connection was filled by the other within gaps.wait.
+    assert_eq!(m.counter("sluice_source_gaps_total", &[("source", "sse-replicas")]), 0);
+    assert_eq!(m.counter("sluice_source_missing_total", &[("source", "sse-replicas")]), 0);
+    assert!(m.counter("sluice_source_gap_fills_total", &[("source", "sse-replicas")]) >= 10);
+    run.stop().await;
+}
