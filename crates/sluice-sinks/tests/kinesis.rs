@@ -17,6 +17,15 @@ fn config(stream: &str, url: &str) -> KinesisConfig {
     c
 }
 
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `limit`.
+async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn racer(i: u64, keys: u64) -> String {
     format!("racer-{}", i % keys)
 }
@@ -231,6 +240,7 @@ async fn records_that_are_not_json_get_a_random_key_and_are_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_down_then_up_delivers_everything() {
+    install_metrics();
     let mut server = Embedded::start(false).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config("flaky", &server.url);
@@ -245,10 +255,15 @@ async fn endpoint_down_then_up_delivers_everything() {
     h.wait_acked(500, Duration::from_secs(30)).await;
 
     server.stop().await;
+    let failed_before = counter("sluice_sink_records_failed_total", "flaky");
     for i in 500..1500u64 {
         h.send(i, telemetry(i, &racer(i, 9), i)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two rounds of calls refused by the stopped endpoint (9 keys, one record each in flight).
+    wait_until("the sink to try and fail twice while the endpoint is down", Duration::from_secs(30), || {
+        counter("sluice_sink_records_failed_total", "flaky") >= failed_before + 18
+    })
+    .await;
     h.wait_acked(500, Duration::from_secs(1)).await;
     assert_eq!(h.outcome.delivered.len(), 500, "nothing is acked while the endpoint is down");
 
@@ -274,6 +289,7 @@ async fn starts_while_the_endpoint_is_down() {
     for i in 0..100u64 {
         h.send(i, telemetry(i, &racer(i, 3), i)).await;
     }
+    // Not an assertion: the endpoint merely stays down a while before it comes up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.restart().await;
     h.wait_acked(100, Duration::from_secs(30)).await;
@@ -284,6 +300,7 @@ async fn starts_while_the_endpoint_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_acks_only_what_was_accepted() {
+    install_metrics();
     let mut server = Embedded::start(false).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let sink =
@@ -293,7 +310,10 @@ async fn stopping_acks_only_what_was_accepted() {
     h.wait_acked(1, Duration::from_secs(30)).await;
     server.stop().await;
     h.send(1, telemetry(1, "a", 0)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("record 1 to be refused by the stopped endpoint", Duration::from_secs(30), || {
+        counter("sluice_sink_records_failed_total", "stop") >= 1
+    })
+    .await;
     h.stop.send(true).expect("stop");
     let result = tokio::time::timeout(Duration::from_secs(10), &mut h.task).await.expect("stops").expect("join");
     result.expect("clean stop");
