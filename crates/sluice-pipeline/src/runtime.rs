@@ -318,18 +318,16 @@ fn keep_once(spool: &Spool, floors: &Floors, status: &SharedStatus, max_age: Opt
                     let expired = live.map_or(0, |w| {
                         t.first_ordinal.saturating_sub(1).saturating_sub(w.max(before.saturating_sub(1)))
                     });
-                    if expired > 0
-                        && let Some(st) = lock(status).sources.get_mut(source)
-                    {
-                        st.expired += expired;
-                    }
                     if expired > 0 {
+                        if let Some(st) = lock(status).sources.get_mut(source) {
+                            st.expired += expired;
+                        }
                         counter!("sluice_pipeline_spool_expired_total", "source" => source.clone()).increment(expired);
                         tracing::warn!(source = %source, events = expired, max_age = ?age,
                             "spooled events older than max_age were deleted before every sink acknowledged them");
                     } else {
                         tracing::info!(source = %source, segments = t.segments, records = t.records, max_age = ?age,
-                            "spool segments older than max_age deleted (all delivered)");
+                            "spool segments older than max_age deleted (no sink was still waiting for them)");
                     }
                 }
                 Ok(_) => {}
