@@ -95,7 +95,7 @@ pub struct Alarm {
     pub detail: String,
 }
 
-/// The alarms one component has raised, by name (`silence`, `no_connection`, `spool_full`).
+/// The alarms one component has raised, by name (`silence`, `no_connection`, `spool_blocked`).
 /// Cheap to clone; every clone sees the same board.
 #[derive(Debug, Clone, Default)]
 pub struct Alarms {
