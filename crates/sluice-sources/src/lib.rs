@@ -7,11 +7,11 @@
 //! | `"sse"` | [`sse`] | Server-Sent Events `data` |
 //! | `"http"` | [`http`] | lines of a streaming response (NDJSON) |
 //!
-//! Each module has a config struct (what a `[sources.NAME]` table holds, minus `type`) and a
-//! `build(name, config)` that checks it and returns a [`sluice_flow::Source`]. The three share
-//! one supervisor (`supervisor`): reconnect with backoff and jitter, make-before-break rotation,
-//! cursor extraction, de-duplication and gap detection, dead letters, metrics
-//! ([`metrics`] lists them).
+//! Each module is a transport with a config struct of its own options and a
+//! `build(name, common, config)` that checks them and returns a [`sluice_flow::Source`]; the
+//! options every kind takes are [`CommonConfig`]. The three share one supervisor
+//! (`supervisor`): replicas, reconnects, rotation aligned by position, cursor extraction,
+//! de-duplication, gaps, alarms, dead letters, metrics ([`metrics`] lists them).
 //!
 //! Not here: durability (the spool), batching, and anything about sinks.
 

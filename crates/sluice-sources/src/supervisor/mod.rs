@@ -95,7 +95,7 @@ pub(crate) enum ConnEvent {
     /// A message the transport dropped as too large; `prefix` is what it kept of it.
     Oversized { size: usize, prefix: Bytes },
     /// The provider asked for this reconnect delay (SSE `retry:`).
-    RetryHint { delay: Duration },
+    RetryHint { id: ConnId, delay: Duration },
     /// The connection is over (or never opened).
     Ended { id: ConnId, cause: Cause, detail: String },
     /// The connection's task has finished: nothing more will come from it.
@@ -158,7 +158,7 @@ impl Link {
     }
 
     pub(crate) async fn retry_hint(&self, delay: Duration) {
-        self.send(ConnEvent::RetryHint { delay }).await;
+        self.send(ConnEvent::RetryHint { id: self.id, delay }).await;
     }
 
     /// Reports the end (not needed when the supervisor itself closed the connection).
@@ -537,11 +537,10 @@ impl<T: Transport> Supervisor<T> {
                 }
             }
             ConnEvent::Oversized { size, prefix } => self.admission.oversized(size, &prefix),
-            ConnEvent::RetryHint { delay } => {
-                // SSE `retry:` applies to the replica whose connection is open (any is fine:
-                // they talk to the same provider).
-                for s in &mut self.slots {
-                    s.retry_floor = Some(delay);
+            ConnEvent::RetryHint { id, delay } => {
+                // SSE `retry:` sets the next delay of the replica whose connection sent it.
+                if let Some((r, _)) = self.find(id) {
+                    self.slots[r].retry_floor = Some(delay);
                 }
             }
             ConnEvent::Ended { id, cause, detail } => self.on_ended(id, cause, &detail, out),
