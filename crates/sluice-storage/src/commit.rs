@@ -290,6 +290,8 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
 
     if let Some(err) = failure {
         tracing::error!(error = %err, "group commit failed; rolled back");
+        *lock(&shared.write_failure) = Some(err.to_string());
+        shared.write_failing.store(true, Ordering::Release);
         for log in touched.iter() {
             lock(&log.writer).rollback();
         }
@@ -300,6 +302,10 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         return;
     }
 
+    if shared.write_failing.load(Ordering::Relaxed) {
+        shared.write_failing.store(false, Ordering::Release);
+        tracing::info!("group commits succeed again");
+    }
     let mut sealed: Vec<(Arc<ShardLog>, Vec<u64>)> = Vec::new();
     let mut total = 0u64;
     for log in touched.iter() {

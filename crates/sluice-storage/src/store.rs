@@ -55,6 +55,10 @@ pub(crate) struct Shared {
     pub sync_pool: SyncPool,
     stop: Mutex<bool>,
     stop_cv: Condvar,
+    /// Set while the last group commit failed (e.g. a full disk); cleared by the next success.
+    pub write_failing: AtomicBool,
+    /// Why the last group commit failed, while `write_failing`.
+    pub write_failure: Mutex<Option<String>>,
 }
 
 /// The last handle's drop shuts the store down.
@@ -303,6 +307,8 @@ impl Store {
             sync_pool: SyncPool::new(),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
+            write_failing: AtomicBool::new(false),
+            write_failure: Mutex::new(None),
         });
         let mut threads = Vec::new();
         let w = shared.clone();
@@ -551,6 +557,16 @@ impl Store {
     /// never its newest segment (retention of one shard, on demand).
     pub fn trim_older_than(&self, stream: &str, tag: u32, shard: u32, cutoff_ms: u64) -> Result<Trimmed, StorageError> {
         Ok(self.shared().shard_log(stream, tag, shard)?.trim(cutoff_ms))
+    }
+
+    /// Why appends are failing, while the last group commit failed (a full disk, an I/O
+    /// error); `None` once a commit succeeds again. For health checks.
+    pub fn write_failure(&self) -> Option<String> {
+        let sh = self.shared();
+        if !sh.write_failing.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&sh.write_failure).clone()
     }
 
     /// Stops the background threads after draining pending appends; later appends get
