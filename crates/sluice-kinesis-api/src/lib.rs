@@ -70,14 +70,8 @@ impl Server {
         });
         spawn_settler(state.clone(), rx.clone());
         let app = server::router(state.clone(), metrics);
-        let mut stop = rx;
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let http = server::HttpOptions { header_timeout: state.config.header_timeout };
+        let task = tokio::spawn(server::serve(listener, app, http, rx));
         Ok(Server { local_addr, shutdown: tx, task, state })
     }
 

@@ -4,9 +4,13 @@
 //! the content type, target, signature headers and body size, decodes the body (JSON or CBOR)
 //! into one value tree, dispatches, and writes the answer or the error envelope in the same
 //! format with an `x-amzn-RequestId`. `GET /health` and `GET /metrics` serve operations.
+//! [`serve`] runs a router on a listener with bounded header reads (HTTP/1.1 and HTTP/2).
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -27,6 +31,122 @@ use crate::subscribe;
 use crate::value::{self, Format};
 
 const TARGET_PREFIX: &str = "Kinesis_20131202.";
+
+/// How long a request header may take to arrive by default (also how long an idle keep-alive
+/// connection is kept).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Timeouts at the HTTP edge.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    /// A request's header must arrive completely within this, or the connection is closed.
+    /// hyper starts the same timer when an HTTP/1.1 keep-alive connection goes idle, so an idle
+    /// connection is closed after this long without a new request. HTTP/2 connections are
+    /// pinged at this interval and closed when a ping goes unanswered for 20 s.
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions { header_timeout: DEFAULT_HEADER_TIMEOUT }
+    }
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 and HTTP/2) until `stop` turns true; then stops
+/// accepting, closes idle connections and waits for the open ones to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    opts: HttpOptions,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut stop) => break,
+        };
+        tokio::spawn(serve_connection(stream, router.clone(), opts, graceful.watcher()));
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Returns once `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// One connection, with hyper's header-read timeout (which needs a timer) and HTTP/2 pings.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: Router,
+    opts: HttpOptions,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let seen = Arc::new(AtomicBool::new(false));
+    let service = hyper_util::service::TowerToHyperService::new(Seen { router, seen: seen.clone() });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(opts.header_timeout)
+        .keep_alive_timeout(Duration::from_secs(20));
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+    tokio::pin!(conn);
+    // hyper's header timer starts once the protocol is known; the first bytes (up to the
+    // length of the HTTP/2 preface) are read by hyper-util's protocol detection, which has no
+    // timer. So a connection that has not delivered one request by the timeout is closed too.
+    tokio::select! {
+        r = &mut conn => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = tokio::time::sleep(opts.header_timeout) => {}
+    }
+    if !seen.load(Ordering::Acquire) {
+        tracing::debug!(timeout_ms = opts.header_timeout.as_millis() as u64, "no request header in time; closing");
+        return;
+    }
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// The router, noting that a connection delivered a request.
+#[derive(Clone)]
+struct Seen {
+    router: Router,
+    seen: Arc<AtomicBool>,
+}
+
+impl tower_service::Service<Request<hyper::body::Incoming>> for Seen {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = axum::routing::future::RouteFuture<Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower_service::Service::<Request<Body>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, req: Request<hyper::body::Incoming>) -> Self::Future {
+        self.seen.store(true, Ordering::Release);
+        tower_service::Service::call(&mut self.router, req.map(Body::new))
+    }
+}
 
 /// Builds the router: the API on `POST` (any path), `/health` and `/metrics` on `GET`.
 pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
@@ -197,6 +317,11 @@ async fn handle(
     if parts.method != Method::POST {
         return Err(ApiError::unknown_operation(format!("Unsupported method {}", parts.method)));
     }
+    let limit = st.config.max_body_bytes;
+    // A declared length over the limit is refused before any of the body is read.
+    if declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(format!("Request body is larger than {limit} bytes.")));
+    }
     if !KNOWN_OPS.contains(&op) {
         let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
         return Err(ApiError::unknown_operation(if target.is_empty() {
@@ -206,7 +331,6 @@ async fn handle(
         }));
     }
     let region = check_auth(&parts.headers, parts.uri.query())?;
-    let limit = st.config.max_body_bytes;
     let bytes = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -259,6 +383,11 @@ async fn handle(
     let mut r = (StatusCode::OK, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     Ok(r)
+}
+
+/// The request's `Content-Length`, when it declares a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 fn raw_body(out: value::Out) -> Vec<u8> {

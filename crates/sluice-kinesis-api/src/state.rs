@@ -29,6 +29,9 @@ pub struct ApiConfig {
     pub shard_limit: u32,
     /// When set, every request's SigV4 signature is verified against these keys.
     pub credentials: Option<crate::sigv4::Credentials>,
+    /// A request header must arrive within this; also how long an idle keep-alive connection
+    /// is kept (see [`crate::server::HttpOptions`]).
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -42,6 +45,7 @@ impl Default for ApiConfig {
             subscription_ms: 300_000,
             shard_limit: 10_000,
             credentials: None,
+            header_timeout: crate::server::DEFAULT_HEADER_TIMEOUT,
         }
     }
 }

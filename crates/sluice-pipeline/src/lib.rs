@@ -174,7 +174,7 @@ async fn serve_ops(
     listen: SocketAddr,
     health: Health,
     metrics: Option<PrometheusHandle>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr, PipelineError> {
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| PipelineError::Listen {
         what: "metrics and health",
@@ -208,13 +208,8 @@ async fn serve_ops(
             }),
         )
         .with_state(health);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
+    let http = sluice_kinesis_api::server::HttpOptions::default();
+    tokio::spawn(sluice_kinesis_api::server::serve(listener, app, http, stop));
     Ok(addr)
 }
 

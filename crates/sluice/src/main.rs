@@ -136,6 +136,10 @@ struct ServeArgs {
     /// Lifetime of one SubscribeToShard subscription, seconds.
     #[arg(long, default_value_t = 300)]
     subscription_secs: u64,
+    /// A request header must arrive within this many seconds, or the connection is closed;
+    /// an idle keep-alive connection is closed after as long without a new request.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout_secs: f64,
     /// Verify every request's SigV4 signature against the keys in SLUICE_CREDENTIALS
     /// (`AKID:SECRET[,AKID:SECRET…]`); unknown keys and bad signatures are refused.
     #[arg(long)]
@@ -215,6 +219,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         default_region: args.region,
         subscription_ms: args.subscription_secs * 1000,
         shard_limit: args.shard_limit,
+        header_timeout: Duration::try_from_secs_f64(args.header_timeout_secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .context("--header-timeout-secs: expected a positive number of seconds")?,
     };
     let metrics = sluice_kinesis_api::install_metrics();
     let server = Server::start(store.clone(), config, args.listen, metrics)
