@@ -8,21 +8,26 @@
 //! data_dir/
 //!   LOCK                      flock'ed while a Store is open (second opener: StorageError::Locked)
 //!   secret.key                32 random bytes, created once (iterator signing key)
-//!   catalog.json              the Catalog (streams, shards, ...), replaced atomically on change
+//!   catalog.json              the Catalog (streams, shards, ...) with a checksum, replaced atomically
+//!   catalog.bak.json          an identical copy, used when catalog.json is damaged
+//!   quarantine/               copies of damaged bytes, named after the file and offsets they came from
 //!   streams/{name}.{tag:08x}/ one directory per stream incarnation
 //!     {index:012}/            one directory per shard
 //!       {ordinal:020}.seg     segments, named by the ordinal of their first record
 //!       {ordinal:020}.idx     sparse index sidecar of a sealed segment (optional, for fast startup)
+//!       HWM                   high-water mark: no ordinal is ever handed out twice
 //! ```
 //!
 //! The frame and file formats are documented in the `segment` module (source); in short each
-//! record is `len u32 | crc32 u32 | ordinal u64 | arrival_ms u64 | pk_len u32 | pk | data`.
+//! record is `magic u32 | len u32 | ordinal u64 | body_crc u32 | head_crc u32 | arrival_ms u64 |
+//! pk_len u32 | pk | data`, so a scan can find the next intact frame after damage.
 //!
 //! # How data enters
 //!
 //! [`Store::append`] queues the call for the single group-commit thread. That thread takes every
-//! pending call at once, assigns each record its shard's next ordinal (gap-free, starting at 1,
-//! never reused) and an arrival time (`max(now, previous)`, so non-decreasing per shard), encodes
+//! pending call at once, assigns each record its shard's next ordinal (increasing, starting at
+//! 1, never reused; ordinals skip only where damage cost records or after an unclean shutdown
+//! that cost bytes at the end of the log) and an arrival time (`max(now, previous)`, so non-decreasing per shard), encodes
 //! the frames into one buffer per shard, writes each touched segment with one positional write,
 //! fdatasyncs each touched file once ([`Durability::Fsync`]), publishes the new committed
 //! lengths and sparse index entries to readers, bumps the shard watches, and answers the callers.
@@ -45,24 +50,40 @@
 //! stream's retention; [`Store::trim_below`] and [`Store::trim_older_than`] trim one shard on
 //! demand (by ordinal, by age), for owners that decide themselves what may go.
 //!
-//! # Recovery
+//! # Recovery and damage
 //!
-//! [`Store::open`] scans and CRC-checks every segment that has no trustworthy sidecar (always the
-//! newest one), truncates a torn or corrupt tail, drops segments that do not continue the ordinal
-//! sequence (unacknowledged leftovers of an interrupted group), and counts discarded bytes in
-//! `sluice_storage_truncated_bytes_total`.
+//! Damage costs only the damaged bytes. [`Store::open`] scans and checks every segment that has
+//! no trustworthy sidecar (always the newest one). A frame that fails its checksums is skipped
+//! by resynchronising on the next intact frame; each damaged range is copied to
+//! `data_dir/quarantine/`, logged once with the file, offsets and records lost, counted
+//! (`sluice_storage_corrupt_records_total`, `sluice_storage_quarantined_bytes_total`,
+//! [`Store::damage`]), and the segment is rewritten without it. Later segments are always kept.
+//! Records missing between segments (a deleted or cut segment) are measured with the
+//! `prev_last` each segment header records. Only a torn write at the end of the newest
+//! segment after an unclean shutdown (never acknowledged) is truncated without a copy
+//! (`sluice_storage_truncated_bytes_total`).
+//!
+//! Sealed segments trusted from their sidecar are verified in full by a background thread after
+//! open; readers that meet damage first skip it and report it. The per-shard `HWM` file keeps
+//! ordinals from going backwards: a clean shutdown records the exact next ordinal, and while
+//! running the writer reserves ordinals ahead in the same group commit, so after a crash that
+//! cost bytes at the end of the log ordinals continue above every one handed out. [`verify`]
+//! checks a whole data directory without changing it.
 
 pub mod catalog;
 mod commit;
 mod error;
 #[cfg(test)]
 mod faults;
+mod hwm;
+mod repair;
 mod segment;
 mod shard_log;
 mod store;
 mod sync;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -70,6 +91,7 @@ pub use catalog::*;
 pub use error::StorageError;
 pub use segment::MAX_RECORD_BYTES;
 pub use store::Store;
+pub use verify::{SegmentDamage, VerifyReport, verify};
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +198,21 @@ pub struct Trimmed {
     pub records: u64,
     /// The oldest ordinal the shard still holds afterwards (its `next_ordinal` if empty).
     pub first_ordinal: u64,
+}
+
+/// Damage the store found and contained (see [`Store::damage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DamageSummary {
+    /// Records lost to damaged or missing bytes.
+    pub corrupt_records: u64,
+    /// Bytes copied to `data_dir/quarantine/`.
+    pub quarantined_bytes: u64,
+    /// Damaged (or missing) ranges reported.
+    pub damaged_ranges: u64,
+    /// The most recent report (file, offsets, records lost).
+    pub last: Option<String>,
+    /// Whether the background check of sealed segments has finished.
+    pub verified: bool,
 }
 
 /// Now, epoch milliseconds.

@@ -3,38 +3,51 @@
 //! # Segment file `{first_ordinal:020}.seg`
 //!
 //! ```text
-//! header  (16 bytes)  b"SLCSEG01" | first_ordinal u64
+//! header  (32 bytes)  b"SLCSEG02" | first_ordinal u64 | prev_last u64 | crc32 u32 | 0 u32
 //! frame*              (back to back, no padding)
 //! ```
+//!
+//! `prev_last` is the last ordinal of the shard's previous segment when this one was created
+//! (`first_ordinal - 1` unless ordinals were skipped): recovery compares it with what the
+//! previous segment really ends with, so a missing or cut segment is measured, not guessed.
+//! The crc covers the first 24 bytes.
 //!
 //! # Record frame (all integers little-endian)
 //!
 //! ```text
-//! body_len  u32   length of everything after the crc field
-//! crc       u32   CRC-32 (IEEE, crc32fast) of the body
+//! magic     u32   FRAME_MAGIC, so a reader can find the next frame after damage
+//! body_len  u32
+//! ordinal   u64
+//! body_crc  u32   CRC-32 (IEEE, crc32fast) of the body
+//! head_crc  u32   CRC-32 of the 20 bytes before it
 //! body:
-//!   ordinal     u64
 //!   arrival_ms  u64
 //!   pk_len      u32
 //!   pk          pk_len bytes (UTF-8)
-//!   data        body_len - 20 - pk_len bytes
+//!   data        body_len - 12 - pk_len bytes
 //! ```
 //!
-//! The body carries its own ordinal so recovery can check continuity, and the CRC covers the
-//! ordinal and timestamp as well as the payload.
+//! The header has its own checksum so that after damage a scan can resynchronise: a position
+//! holding the magic and a valid header checksum (and then a valid body checksum) is a frame.
+//! A frame whose body is damaged still names its ordinal, so losses are counted exactly.
+//! Ordinals strictly increase along a shard; they may skip (after damage, or when ordinals
+//! reserved before an unclean shutdown are skipped so that none is ever reused).
+//!
+//! Version 1 segments (`SLCSEG01`, 8-byte frame headers without magic) are rewritten in this
+//! format when a store opens them.
 //!
 //! # Sidecar `{first_ordinal:020}.idx`
 //!
 //! Written once a segment is sealed (and durable), so startup can skip scanning it:
 //!
 //! ```text
-//! b"SLCIDX01" | first_ordinal u64 | seg_len u64 | last_ordinal u64 | last_offset u64
-//!             | last_arrival u64 | n u64 | n × (ordinal u64, arrival_ms u64, offset u64) | crc32 u32
+//! b"SLCIDX02" | first_ordinal u64 | seg_len u64 | last_ordinal u64 | last_offset u64
+//!             | last_arrival u64 | records u64 | n u64 | n × (ordinal u64, arrival_ms u64, offset u64) | crc32 u32
 //! ```
 //!
 //! It is trusted only if its CRC matches, `seg_len` equals the segment file's length and the
 //! frame at `last_offset` decodes, verifies and carries `last_ordinal`; otherwise the segment is
-//! scanned.
+//! scanned. A segment trusted this way is still verified in full by a background check.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -46,13 +59,17 @@ use std::path::{Path, PathBuf};
 use crate::error::{StorageError, at};
 
 /// Segment file magic.
-pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"SLCSEG01";
+pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"SLCSEG02";
+/// Version 1 segment magic (migrated at open).
+pub(crate) const SEGMENT_MAGIC_V1: [u8; 8] = *b"SLCSEG01";
 /// Segment header length.
-pub(crate) const SEGMENT_HEADER_LEN: u64 = 16;
-/// `body_len` + `crc`.
-pub(crate) const FRAME_HEADER_LEN: usize = 8;
-/// `ordinal` + `arrival_ms` + `pk_len`.
-pub(crate) const BODY_FIXED_LEN: usize = 20;
+pub(crate) const SEGMENT_HEADER_LEN: u64 = 32;
+/// First bytes of every frame.
+pub(crate) const FRAME_MAGIC: [u8; 4] = [0xF7, 0x5C, 0x1C, 0xE5];
+/// `magic` + `body_len` + `ordinal` + `body_crc` + `head_crc`.
+pub(crate) const FRAME_HEADER_LEN: usize = 24;
+/// `arrival_ms` + `pk_len`.
+pub(crate) const BODY_FIXED_LEN: usize = 12;
 /// The largest partition key + data a record may have (64 MiB, far above Kinesis' 10 MiB).
 pub const MAX_RECORD_BYTES: usize = 64 << 20;
 /// Frames whose body claims to be longer than this are corruption.
@@ -64,8 +81,8 @@ pub(crate) const INDEX_EVERY_RECORDS: u32 = 128;
 /// ... or this many bytes have gone by since the previous entry.
 pub(crate) const INDEX_EVERY_BYTES: u64 = 64 * 1024;
 
-const SIDECAR_MAGIC: [u8; 8] = *b"SLCIDX01";
-const SIDECAR_FIXED_LEN: usize = 8 * 7;
+const SIDECAR_MAGIC: [u8; 8] = *b"SLCIDX02";
+const SIDECAR_FIXED_LEN: usize = 8 * 8;
 
 /// The file name of the segment starting at `first_ordinal`.
 pub(crate) fn segment_file_name(first_ordinal: u64) -> String {
@@ -77,12 +94,41 @@ pub(crate) fn sidecar_path(segment: &Path) -> PathBuf {
     segment.with_extension("idx")
 }
 
-/// The segment header for a segment starting at `first_ordinal`.
-pub(crate) fn segment_header(first_ordinal: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+/// The segment header for a segment starting at `first_ordinal` whose predecessor ended at
+/// `prev_last`.
+pub(crate) fn segment_header(first_ordinal: u64, prev_last: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[..8].copy_from_slice(&SEGMENT_MAGIC);
-    h[8..].copy_from_slice(&first_ordinal.to_le_bytes());
+    h[8..16].copy_from_slice(&first_ordinal.to_le_bytes());
+    h[16..24].copy_from_slice(&prev_last.to_le_bytes());
+    let crc = crc32fast::hash(&h[..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
     h
+}
+
+/// A parsed segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// A valid version 2 header.
+    V2 { first_ordinal: u64, prev_last: u64 },
+    /// A version 1 segment.
+    V1,
+    /// Not a valid header (damaged or torn).
+    Bad,
+}
+
+/// Parses the first bytes of a segment file.
+pub(crate) fn parse_header(b: &[u8]) -> Header {
+    if b.len() >= 16 && b[..8] == SEGMENT_MAGIC_V1 {
+        return Header::V1;
+    }
+    if b.len() < SEGMENT_HEADER_LEN as usize || b[..8] != SEGMENT_MAGIC {
+        return Header::Bad;
+    }
+    if crc32fast::hash(&b[..24]) != u32_at(b, 24) {
+        return Header::Bad;
+    }
+    Header::V2 { first_ordinal: u64_at(b, 8), prev_last: u64_at(b, 16) }
 }
 
 /// One sparse index entry: where a record starts.
@@ -133,15 +179,18 @@ pub(crate) fn encode_frame(buf: &mut Vec<u8>, ordinal: u64, arrival_ms: u64, pk:
     let body_len = BODY_FIXED_LEN + pk.len() + data.len();
     let start = buf.len();
     buf.reserve(FRAME_HEADER_LEN + body_len);
+    buf.extend_from_slice(&FRAME_MAGIC);
     buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-    buf.extend_from_slice(&[0u8; 4]);
     buf.extend_from_slice(&ordinal.to_le_bytes());
+    buf.extend_from_slice(&[0u8; 8]);
     buf.extend_from_slice(&arrival_ms.to_le_bytes());
     buf.extend_from_slice(&(pk.len() as u32).to_le_bytes());
     buf.extend_from_slice(pk);
     buf.extend_from_slice(data);
-    let crc = crc32fast::hash(&buf[start + FRAME_HEADER_LEN..]);
-    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    let body_crc = crc32fast::hash(&buf[start + FRAME_HEADER_LEN..]);
+    buf[start + 16..start + 20].copy_from_slice(&body_crc.to_le_bytes());
+    let head_crc = crc32fast::hash(&buf[start..start + 20]);
+    buf[start + 20..start + 24].copy_from_slice(&head_crc.to_le_bytes());
 }
 
 /// A decoded frame borrowing its buffer.
@@ -159,13 +208,13 @@ pub(crate) struct FrameRef<'a> {
 #[derive(Debug)]
 pub(crate) enum Decoded<'a> {
     Frame(FrameRef<'a>),
-    /// The buffer holds only part of the frame; `need` bytes are needed in total (8 when not
-    /// even the header is there).
+    /// The buffer holds only part of the frame; `need` bytes are needed in total (the header
+    /// length when not even the header is there).
     Incomplete {
         need: usize,
     },
-    /// The bytes are not a valid frame.
-    Corrupt(&'static str),
+    /// The bytes are not a valid frame (why, for debugging).
+    Corrupt(#[allow(dead_code)] &'static str),
 }
 
 #[inline]
@@ -182,35 +231,106 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Decodes the frame at the start of `buf`, verifying its CRC.
+/// Whether `b` (at least a header long) starts with a valid frame header; returns the body
+/// length and ordinal.
+#[inline]
+fn valid_header(b: &[u8]) -> Option<(usize, u64)> {
+    if b[..4] != FRAME_MAGIC || crc32fast::hash(&b[..20]) != u32_at(b, 20) {
+        return None;
+    }
+    let body_len = u32_at(b, 4) as usize;
+    (BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len).then(|| (body_len, u64_at(b, 8)))
+}
+
+/// Decodes the frame at the start of `buf`, verifying both checksums.
 #[inline]
 pub(crate) fn decode_frame(buf: &[u8]) -> Decoded<'_> {
     if buf.len() < FRAME_HEADER_LEN {
         return Decoded::Incomplete { need: FRAME_HEADER_LEN };
     }
-    let body_len = u32_at(buf, 0) as usize;
-    if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
-        return Decoded::Corrupt("frame length out of range");
-    }
+    let Some((body_len, ordinal)) = valid_header(buf) else {
+        return Decoded::Corrupt("bad frame header");
+    };
     let total = FRAME_HEADER_LEN + body_len;
     if buf.len() < total {
         return Decoded::Incomplete { need: total };
     }
     let body = &buf[FRAME_HEADER_LEN..total];
-    if crc32fast::hash(body) != u32_at(buf, 4) {
+    if crc32fast::hash(body) != u32_at(buf, 16) {
         return Decoded::Corrupt("frame checksum mismatch");
     }
-    let pk_len = u32_at(body, 16) as usize;
+    let pk_len = u32_at(body, 8) as usize;
     if pk_len > body_len - BODY_FIXED_LEN {
         return Decoded::Corrupt("partition key length out of range");
     }
     Decoded::Frame(FrameRef {
-        ordinal: u64_at(body, 0),
-        arrival_ms: u64_at(body, 8),
+        ordinal,
+        arrival_ms: u64_at(body, 0),
         pk: &body[BODY_FIXED_LEN..BODY_FIXED_LEN + pk_len],
         data: &body[BODY_FIXED_LEN + pk_len..],
         frame_len: total,
     })
+}
+
+/// The first position at or after `from` where a valid frame header starts: `Ok(pos)`, or
+/// `Err(pos)` when the buffer ends before one could be checked (a header could start at `pos`
+/// or later, so scanning continues there with more bytes).
+fn find_header(buf: &[u8], from: usize) -> Result<usize, usize> {
+    let mut q = from;
+    while q + FRAME_HEADER_LEN <= buf.len() {
+        match buf[q..buf.len() - FRAME_HEADER_LEN + 4].windows(4).position(|w| w == FRAME_MAGIC) {
+            None => return Err(buf.len() - FRAME_HEADER_LEN + 1),
+            Some(i) => {
+                q += i;
+                if valid_header(&buf[q..]).is_some() {
+                    return Ok(q);
+                }
+                q += 1;
+            }
+        }
+    }
+    Err(q.max(from))
+}
+
+/// The ordinals of frames whose header is intact inside damaged bytes (their bodies may not
+/// be): counts records lost in a damaged range.
+pub(crate) fn header_ordinals(damaged: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut q = 0;
+    while let Ok(p) = find_header(damaged, q) {
+        if let Some((_, ordinal)) = valid_header(&damaged[p..]) {
+            out.push(ordinal);
+        }
+        q = p + 1;
+    }
+    out
+}
+
+/// Whether the damaged bytes at the end of the newest segment (`bytes`, from offset `start` to
+/// the end of a file of `file_len` bytes) are a torn write: zeros, a partial segment header, a
+/// partial frame header, or one frame whose header is intact but whose body runs past the end.
+pub(crate) fn is_torn_tail(bytes: &[u8], start: u64, file_len: u64) -> bool {
+    if bytes.iter().all(|&b| b == 0) || bytes.len() < FRAME_HEADER_LEN {
+        return true;
+    }
+    if start == 0 && file_len < SEGMENT_HEADER_LEN {
+        return true;
+    }
+    match valid_header(bytes) {
+        Some((body_len, _)) => {
+            start + (FRAME_HEADER_LEN + body_len) as u64 > file_len && header_ordinals(bytes).len() == 1
+        }
+        None => false,
+    }
+}
+
+/// What a scan meets: a verified frame, or a damaged byte range that was skipped.
+#[derive(Debug)]
+pub(crate) enum Scanned<'a> {
+    /// A frame and its offset in the file.
+    Frame(FrameRef<'a>, u64),
+    /// Bytes `[start, end)` of the file hold no verifiable frame.
+    Damage { start: u64, end: u64 },
 }
 
 thread_local! {
@@ -222,10 +342,10 @@ thread_local! {
 /// Buffers larger than this are released after use rather than kept per thread.
 const KEEP_READ_BUF: usize = 4 << 20;
 
-/// Calls `f` for each frame in `[off, end)` of `file` until `f` breaks or `end` is reached.
-/// The first pread asks for `first_chunk` bytes, each later one for twice as much up to
-/// `max_chunk` (more if a single frame needs it). Frames are CRC-verified. Returns whether `f`
-/// broke.
+/// Calls `f` for each verified frame and each damaged range in `[off, end)` of `file` until
+/// `f` breaks or `end` is reached. After damage the scan resynchronises on the next valid
+/// frame. The first pread asks for `first_chunk` bytes, each later one for twice as much up
+/// to `max_chunk` (more if a single frame needs it). Returns whether `f` broke.
 pub(crate) fn scan_frames<F>(
     file: &File,
     path: &Path,
@@ -236,12 +356,12 @@ pub(crate) fn scan_frames<F>(
     mut f: F,
 ) -> Result<bool, StorageError>
 where
-    F: FnMut(&FrameRef<'_>) -> ControlFlow<()>,
+    F: FnMut(Scanned<'_>) -> ControlFlow<()>,
 {
     READ_BUF.with(|cell| {
         let mut guard = match cell.try_borrow_mut() {
             Ok(g) => g,
-            // Re-entrant use cannot happen in this crate; fall back to a private buffer anyway.
+            // Re-entrant use (a scan inside a scan callback): use a private buffer.
             Err(_) => return scan_with(&mut Vec::new(), file, path, &mut off, end, (first_chunk, max_chunk), &mut f),
         };
         let r = scan_with(&mut guard, file, path, &mut off, end, (first_chunk, max_chunk), &mut f);
@@ -262,11 +382,12 @@ fn scan_with<F>(
     f: &mut F,
 ) -> Result<bool, StorageError>
 where
-    F: FnMut(&FrameRef<'_>) -> ControlFlow<()>,
+    F: FnMut(Scanned<'_>) -> ControlFlow<()>,
 {
-    let max_chunk = max_chunk.max(FRAME_HEADER_LEN);
-    let mut want_chunk = first_chunk.clamp(FRAME_HEADER_LEN, max_chunk);
-    while *off < end {
+    let max_chunk = max_chunk.max(FRAME_HEADER_LEN * 2);
+    let mut want_chunk = first_chunk.clamp(FRAME_HEADER_LEN * 2, max_chunk);
+    let mut damage: Option<u64> = None;
+    'outer: while *off < end {
         let want = (end - *off).min(want_chunk as u64) as usize;
         if buf.len() < want {
             buf.resize(want, 0);
@@ -274,171 +395,175 @@ where
         file.read_exact_at(&mut buf[..want], *off).map_err(at(path))?;
         let mut p = 0usize;
         while p < want {
+            let here = *off + p as u64;
             match decode_frame(&buf[p..want]) {
                 Decoded::Frame(fr) => {
-                    if f(&fr).is_break() {
+                    if let Some(start) = damage.take()
+                        && f(Scanned::Damage { start, end: here }).is_break()
+                    {
+                        return Ok(true);
+                    }
+                    if f(Scanned::Frame(fr, here)).is_break() {
                         return Ok(true);
                     }
                     p += fr.frame_len;
+                    continue;
                 }
-                Decoded::Incomplete { need } => {
-                    if (need as u64) > end - (*off + p as u64) {
-                        return Err(StorageError::Corrupt(format!(
-                            "{}: frame at offset {} runs past the committed end",
-                            path.display(),
-                            *off + p as u64
-                        )));
-                    }
+                Decoded::Incomplete { need } if need as u64 <= end - here => {
                     if p == 0 {
                         want_chunk = want_chunk.max(need);
                     }
                     break;
                 }
-                Decoded::Corrupt(why) => {
-                    return Err(StorageError::Corrupt(format!(
-                        "{}: {} at offset {}",
-                        path.display(),
-                        why,
-                        *off + p as u64
-                    )));
+                // Corrupt, or a frame that cannot end before `end` (a cut file, a bad length).
+                _ => {}
+            }
+            damage.get_or_insert(here);
+            match find_header(&buf[..want], p + 1) {
+                Ok(q) => p = q,
+                Err(q) => {
+                    if *off + (q + FRAME_HEADER_LEN) as u64 > end {
+                        // Too few bytes left for any frame: the damage runs to the end.
+                        *off = end;
+                        break 'outer;
+                    }
+                    p = q;
+                    break;
                 }
             }
         }
         *off += p as u64;
-        if p > 0 {
+        if p > 0 && damage.is_none() {
             want_chunk = want_chunk.saturating_mul(2).min(max_chunk).max(want_chunk);
         }
+    }
+    if let Some(start) = damage
+        && f(Scanned::Damage { start, end }).is_break()
+    {
+        return Ok(true);
     }
     Ok(false)
 }
 
-/// What recovery learned about one segment.
+/// A damaged byte range found by a full scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DamageRange {
+    pub start: u64,
+    pub end: u64,
+    /// The last intact ordinal before it (0 if none in this segment).
+    pub after: u64,
+    /// The first intact ordinal after it in this segment, if any.
+    pub before: Option<u64>,
+}
+
+/// What a full scan learned about one segment.
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentSummary {
-    /// Length of the valid prefix (header + whole verified frames), or 0 without a valid header.
+    pub header: Header,
+    /// File length.
+    pub file_len: u64,
+    /// End of the last verified frame (the header length if none).
     pub valid_len: u64,
     pub entries: Vec<IndexEntry>,
-    /// Number of records (0 if none).
+    /// Number of verified records.
     pub records: u64,
+    /// First verified ordinal (0 if none).
+    pub first_seen: u64,
     pub last_ordinal: u64,
     pub last_offset: u64,
     pub last_arrival: u64,
     /// Index cursor state after the last record, to continue the index when appending.
     pub cursor: IndexCursor,
-    /// Why the scan stopped before the end of the file, if it did.
-    pub stop_reason: Option<String>,
+    /// Damaged ranges, in file order (the last one may reach the end of the file).
+    pub damage: Vec<DamageRange>,
+    /// Frames whose ordinal did not increase (dropped as damage, listed by offset).
+    pub out_of_order: u64,
 }
 
-/// Sequential reader with a large buffer, for recovery scans.
-struct ChunkReader<'a> {
-    file: &'a File,
-    path: &'a Path,
-    file_len: u64,
-    buf: Vec<u8>,
-    buf_off: u64,
-}
-
-impl ChunkReader<'_> {
-    fn get(&mut self, off: u64, len: usize) -> Result<&[u8], StorageError> {
-        let have = off >= self.buf_off && off + len as u64 <= self.buf_off + self.buf.len() as u64;
-        if !have {
-            let n = (len.max(1 << 20) as u64).min(self.file_len - off) as usize;
-            self.buf.resize(n, 0);
-            self.file.read_exact_at(&mut self.buf, off).map_err(at(self.path))?;
-            self.buf_off = off;
-        }
-        let s = (off - self.buf_off) as usize;
-        Ok(&self.buf[s..s + len])
+impl SegmentSummary {
+    /// Whether anything is wrong with the segment.
+    pub(crate) fn is_clean(&self) -> bool {
+        matches!(self.header, Header::V2 { .. }) && self.damage.is_empty() && self.out_of_order == 0
     }
 }
 
-/// Scans a whole segment, verifying every frame and ordinal continuity from `first_ordinal`.
-pub(crate) fn scan_segment(file: &File, path: &Path, first_ordinal: u64) -> Result<SegmentSummary, StorageError> {
+/// Scans a whole segment, verifying every frame, skipping (and listing) damage.
+pub(crate) fn scan_segment(file: &File, path: &Path) -> Result<SegmentSummary, StorageError> {
     let file_len = file.metadata().map_err(at(path))?.len();
+    let mut hdr = vec![0u8; (SEGMENT_HEADER_LEN.min(file_len)) as usize];
+    file.read_exact_at(&mut hdr, 0).map_err(at(path))?;
+    let header = parse_header(&hdr);
     let mut s = SegmentSummary {
-        valid_len: 0,
+        header,
+        file_len,
+        valid_len: SEGMENT_HEADER_LEN.min(file_len),
         entries: Vec::new(),
         records: 0,
-        last_ordinal: first_ordinal.saturating_sub(1),
+        first_seen: 0,
+        last_ordinal: 0,
         last_offset: 0,
         last_arrival: 0,
         cursor: IndexCursor::fresh(),
-        stop_reason: None,
+        damage: Vec::new(),
+        out_of_order: 0,
     };
-    if file_len < SEGMENT_HEADER_LEN {
-        if file_len > 0 {
-            s.stop_reason = Some("torn segment header".into());
-        }
+    if header == Header::V1 {
         return Ok(s);
     }
-    let mut r = ChunkReader { file, path, file_len, buf: Vec::new(), buf_off: 0 };
-    if r.get(0, SEGMENT_HEADER_LEN as usize)? != segment_header(first_ordinal) {
-        s.stop_reason = Some("bad segment header".into());
-        return Ok(s);
+    // A damaged header is damage too, but the frames after it are still found.
+    let start = if header == Header::Bad { 0 } else { SEGMENT_HEADER_LEN };
+    if header == Header::Bad {
+        s.valid_len = 0;
     }
-    let mut off = SEGMENT_HEADER_LEN;
-    let mut expected = first_ordinal;
-    while off < file_len {
-        if file_len - off < FRAME_HEADER_LEN as u64 {
-            s.stop_reason = Some("torn frame header".into());
-            break;
-        }
-        let body_len = u32_at(r.get(off, FRAME_HEADER_LEN)?, 0) as usize;
-        if !(BODY_FIXED_LEN..=MAX_BODY_LEN).contains(&body_len) {
-            s.stop_reason = Some("frame length out of range".into());
-            break;
-        }
-        let total = FRAME_HEADER_LEN + body_len;
-        if off + total as u64 > file_len {
-            s.stop_reason = Some("torn frame".into());
-            break;
-        }
-        let frame = match decode_frame(r.get(off, total)?) {
-            Decoded::Frame(fr) => fr,
-            Decoded::Incomplete { .. } => {
-                s.stop_reason = Some("torn frame".into());
-                break;
+    let mut pending: Option<(u64, u64)> = None;
+    scan_frames(file, path, start, file_len, 1 << 20, 4 << 20, |item| {
+        match item {
+            Scanned::Damage { start, end } => pending = Some((start, end)),
+            Scanned::Frame(fr, off) => {
+                if s.records > 0 && fr.ordinal <= s.last_ordinal {
+                    // An old frame where a newer one should be: treat its bytes as damage.
+                    s.out_of_order += 1;
+                    let (ds, _) = pending.unwrap_or((off, off));
+                    pending = Some((ds, off + fr.frame_len as u64));
+                    return ControlFlow::Continue(());
+                }
+                if let Some((ds, de)) = pending.take() {
+                    s.damage.push(DamageRange { start: ds, end: de, after: s.last_ordinal, before: Some(fr.ordinal) });
+                    // The index restarts after damage so that locating never scans across it.
+                    s.cursor = IndexCursor::fresh();
+                }
+                if s.cursor.observe(fr.frame_len) {
+                    s.entries.push(IndexEntry { ordinal: fr.ordinal, arrival_ms: fr.arrival_ms, offset: off });
+                }
+                if s.records == 0 {
+                    s.first_seen = fr.ordinal;
+                }
+                s.records += 1;
+                s.last_ordinal = fr.ordinal;
+                s.last_offset = off;
+                s.last_arrival = s.last_arrival.max(fr.arrival_ms);
+                s.valid_len = off + fr.frame_len as u64;
             }
-            Decoded::Corrupt(why) => {
-                s.stop_reason = Some(why.into());
-                break;
-            }
-        };
-        if frame.ordinal != expected {
-            s.stop_reason = Some(format!("ordinal {} where {} was expected", frame.ordinal, expected));
-            break;
         }
-        if s.cursor.observe(total) {
-            s.entries.push(IndexEntry { ordinal: frame.ordinal, arrival_ms: frame.arrival_ms, offset: off });
-        }
-        s.records += 1;
-        s.last_ordinal = frame.ordinal;
-        s.last_offset = off;
-        s.last_arrival = s.last_arrival.max(frame.arrival_ms);
-        expected += 1;
-        off += total as u64;
+        ControlFlow::Continue(())
+    })?;
+    if let Some((ds, de)) = pending {
+        s.damage.push(DamageRange { start: ds, end: de, after: s.last_ordinal, before: None });
     }
-    s.valid_len = off;
     Ok(s)
 }
 
 /// Writes the sidecar of a sealed segment (temporary file + rename; not fsynced: a lost or
 /// torn sidecar only costs a rescan).
-pub(crate) fn write_sidecar(
-    segment_path: &Path,
-    first_ordinal: u64,
-    seg_len: u64,
-    last_ordinal: u64,
-    last_offset: u64,
-    last_arrival: u64,
-    entries: &[IndexEntry],
-) -> Result<(), StorageError> {
-    let mut b = Vec::with_capacity(SIDECAR_FIXED_LEN + entries.len() * 24 + 4);
+pub(crate) fn write_sidecar(segment_path: &Path, first_ordinal: u64, s: &SidecarInfo<'_>) -> Result<(), StorageError> {
+    let mut b = Vec::with_capacity(SIDECAR_FIXED_LEN + s.entries.len() * 24 + 4);
     b.extend_from_slice(&SIDECAR_MAGIC);
-    for v in [first_ordinal, seg_len, last_ordinal, last_offset, last_arrival, entries.len() as u64] {
+    for v in
+        [first_ordinal, s.seg_len, s.last_ordinal, s.last_offset, s.last_arrival, s.records, s.entries.len() as u64]
+    {
         b.extend_from_slice(&v.to_le_bytes());
     }
-    for e in entries {
+    for e in s.entries {
         b.extend_from_slice(&e.ordinal.to_le_bytes());
         b.extend_from_slice(&e.arrival_ms.to_le_bytes());
         b.extend_from_slice(&e.offset.to_le_bytes());
@@ -454,6 +579,17 @@ pub(crate) fn write_sidecar(
     Ok(())
 }
 
+/// What a sidecar records about a sealed segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SidecarInfo<'a> {
+    pub seg_len: u64,
+    pub last_ordinal: u64,
+    pub last_offset: u64,
+    pub last_arrival: u64,
+    pub records: u64,
+    pub entries: &'a [IndexEntry],
+}
+
 /// Loads and validates the sidecar of a segment; `None` if missing or not trustworthy.
 pub(crate) fn read_sidecar(segment_path: &Path, file: &File, first_ordinal: u64) -> Option<SegmentSummary> {
     let path = sidecar_path(segment_path);
@@ -466,10 +602,10 @@ pub(crate) fn read_sidecar(segment_path: &Path, file: &File, first_ordinal: u64)
         return None;
     }
     let field = |i: usize| u64_at(payload, 8 + i * 8);
-    let (first, seg_len, last_ordinal, last_offset, last_arrival, n) =
-        (field(0), field(1), field(2), field(3), field(4), field(5));
+    let (first, seg_len, last_ordinal, last_offset, last_arrival, records, n) =
+        (field(0), field(1), field(2), field(3), field(4), field(5), field(6));
     let n = usize::try_from(n).ok()?;
-    if first != first_ordinal || payload.len() != SIDECAR_FIXED_LEN + n.checked_mul(24)? || n == 0 {
+    if first != first_ordinal || payload.len() != SIDECAR_FIXED_LEN + n.checked_mul(24)? || n == 0 || records == 0 {
         return None;
     }
     let file_len = file.metadata().ok()?.len();
@@ -479,7 +615,8 @@ pub(crate) fn read_sidecar(segment_path: &Path, file: &File, first_ordinal: u64)
     // Verify the header and the last frame.
     let mut hdr = [0u8; SEGMENT_HEADER_LEN as usize];
     file.read_exact_at(&mut hdr, 0).ok()?;
-    if hdr != segment_header(first_ordinal) {
+    let header = parse_header(&hdr);
+    if !matches!(header, Header::V2 { first_ordinal: f, .. } if f == first_ordinal) {
         return None;
     }
     let tail_len = usize::try_from(seg_len - last_offset).ok()?;
@@ -501,20 +638,62 @@ pub(crate) fn read_sidecar(segment_path: &Path, file: &File, first_ordinal: u64)
             offset: u64_at(payload, at + 16),
         });
     }
-    if entries[0].ordinal != first || entries[0].offset != SEGMENT_HEADER_LEN {
+    if entries[0].ordinal < first || entries[0].offset != SEGMENT_HEADER_LEN {
         return None;
     }
     Some(SegmentSummary {
+        header,
+        file_len,
         valid_len: seg_len,
+        first_seen: entries[0].ordinal,
         entries,
-        records: last_ordinal - first + 1,
+        records,
         last_ordinal,
         last_offset,
         last_arrival,
         // A sealed segment is never appended to again, so the cursor does not matter.
         cursor: IndexCursor::fresh(),
-        stop_reason: None,
+        damage: Vec::new(),
+        out_of_order: 0,
     })
+}
+
+/// Rewrites a version 1 segment (`SLCSEG01`: `len u32 | crc u32 | ordinal u64 | arrival u64 |
+/// pk_len u32 | pk | data` frames) in the current format; stops at the first frame that does
+/// not verify (version 1 recovery truncated there too). Returns the records kept.
+pub(crate) fn migrate_v1(path: &Path, first_ordinal: u64, prev_last: u64) -> Result<u64, StorageError> {
+    let old = std::fs::read(path).map_err(at(path))?;
+    let mut out = Vec::with_capacity(old.len() + old.len() / 4);
+    out.extend_from_slice(&segment_header(first_ordinal, prev_last));
+    let mut p = 16usize;
+    let mut kept = 0u64;
+    let mut expected = first_ordinal;
+    while p + 28 <= old.len() {
+        let body_len = u32_at(&old, p) as usize;
+        if !(20..=MAX_RECORD_BYTES + 20).contains(&body_len) || p + 8 + body_len > old.len() {
+            break;
+        }
+        let body = &old[p + 8..p + 8 + body_len];
+        let pk_len = u32_at(body, 16) as usize;
+        if crc32fast::hash(body) != u32_at(&old, p + 4) || pk_len > body_len - 20 || u64_at(body, 0) != expected {
+            break;
+        }
+        encode_frame(&mut out, expected, u64_at(body, 8), &body[20..20 + pk_len], &body[20 + pk_len..]);
+        kept += 1;
+        expected += 1;
+        p += 8 + body_len;
+    }
+    if p < old.len() {
+        tracing::warn!(path = %path.display(), bytes = old.len() - p, "version 1 segment: dropped a torn or corrupt tail while migrating");
+    }
+    let tmp = path.with_extension("seg.tmp");
+    let mut f = File::create(&tmp).map_err(at(&tmp))?;
+    f.write_all(&out).and_then(|()| f.sync_all()).map_err(at(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(at(path))?;
+    let _ = std::fs::remove_file(sidecar_path(path));
+    tracing::info!(path = %path.display(), records = kept, "migrated a version 1 segment to version 2");
+    Ok(kept)
 }
 
 #[cfg(test)]
@@ -532,9 +711,50 @@ mod tests {
         let Decoded::Frame(b) = decode_frame(&buf[a.frame_len..]) else { panic!("second frame") };
         assert_eq!((b.ordinal, b.pk.len(), b.data.len()), (8, 0, 0));
         assert!(matches!(decode_frame(&buf[..a.frame_len - 1]), Decoded::Incomplete { .. }));
-        let mut bad = buf.clone();
-        bad[20] ^= 1;
-        assert!(matches!(decode_frame(&bad), Decoded::Corrupt(_)));
+        for at in [0, 5, 9, 17, 22, 30] {
+            let mut bad = buf.clone();
+            bad[at] ^= 1;
+            assert!(matches!(decode_frame(&bad), Decoded::Corrupt(_)), "flip at {at}");
+        }
+    }
+
+    #[test]
+    fn a_scan_resynchronises_on_the_next_intact_frame() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.seg");
+        let mut buf = segment_header(1, 0).to_vec();
+        let mut offs = Vec::new();
+        for i in 1..=50u64 {
+            offs.push(buf.len());
+            // Payloads that contain the frame magic must not fool the scan.
+            let mut data = FRAME_MAGIC.repeat(8);
+            data.extend_from_slice(&[i as u8; 40]);
+            encode_frame(&mut buf, i, 1000 + i, b"k", &data);
+        }
+        buf[offs[9] + 40] ^= 0xff; // frame 10's body
+        buf[offs[19] + 2] ^= 0xff; // frame 20's magic
+        buf[offs[29] + 9] ^= 0xff; // frame 30's ordinal (header checksum)
+        buf.truncate(offs[49] + 30); // frame 50 cut
+        std::fs::write(&path, &buf).expect("write");
+        let file = File::open(&path).expect("open");
+        let s = scan_segment(&file, &path).expect("scan");
+        assert_eq!(s.records, 46);
+        assert_eq!(s.last_ordinal, 49);
+        let ranges: Vec<(u64, u64, u64, Option<u64>)> =
+            s.damage.iter().map(|r| (r.start, r.end, r.after, r.before)).collect();
+        let at = |i: usize| offs[i] as u64;
+        assert_eq!(
+            ranges,
+            vec![
+                (at(9), at(10), 9, Some(11)),
+                (at(19), at(20), 19, Some(21)),
+                (at(29), at(30), 29, Some(31)),
+                (at(49), buf.len() as u64, 49, None),
+            ]
+        );
+        assert_eq!(header_ordinals(&buf[offs[49]..]), vec![50]);
+        assert!(is_torn_tail(&buf[offs[49]..], at(49), buf.len() as u64));
+        assert!(!is_torn_tail(&buf[offs[9]..offs[10]], at(9), buf.len() as u64));
     }
 
     #[test]

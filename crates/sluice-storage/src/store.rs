@@ -15,14 +15,19 @@ use tokio::sync::{oneshot, watch};
 use crate::catalog::Catalog;
 use crate::commit::{Queue, Request, SYNC_HELPERS, SyncPool};
 use crate::error::{StorageError, at};
+use crate::repair::{DamageCtx, DamageStats};
 use crate::shard_log::{ShardLog, sync_dir};
 use crate::sync::{lock, read, write};
 use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, Trimmed};
 
-const CATALOG_FILE: &str = "catalog.json";
+pub(crate) const CATALOG_FILE: &str = "catalog.json";
+/// An identical copy of the catalog, used if `catalog.json` is damaged.
+pub(crate) const CATALOG_BACKUP_FILE: &str = "catalog.bak.json";
 const SECRET_FILE: &str = "secret.key";
 const LOCK_FILE: &str = "LOCK";
-const STREAMS_DIR: &str = "streams";
+pub(crate) const STREAMS_DIR: &str = "streams";
+/// Copies of damaged bytes, kept for inspection.
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
 /// How often the retention thread runs.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -59,6 +64,10 @@ pub(crate) struct Shared {
     pub write_failing: AtomicBool,
     /// Why the last group commit failed, while `write_failing`.
     pub write_failure: Mutex<Option<String>>,
+    /// Damage found since open (recovery, the background check, reads).
+    damage: Arc<DamageStats>,
+    /// Set once the background check of sealed segments has finished.
+    verified: AtomicBool,
 }
 
 /// The last handle's drop shuts the store down.
@@ -87,6 +96,12 @@ impl Handle {
             tracing::error!("the commit thread panicked");
         }
         self.shared.sync_pool.stop();
+        // Every append is drained: record the exact high-water marks of a clean shutdown.
+        for s in read(&self.shared.logs).values() {
+            for log in s.shards.values() {
+                log.mark_clean();
+            }
+        }
         for t in threads {
             if t.join().is_err() {
                 tracing::error!("a storage thread panicked");
@@ -142,17 +157,101 @@ fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Storage
     sync_dir(dir)
 }
 
+/// The catalog's JSON with its checksum: `{"crc32": N, "catalog": {...}}`, where the crc covers
+/// the compact, key-sorted serialization of `catalog` (so it survives pretty-printing).
+fn encode_catalog(cat: &Catalog) -> Result<Vec<u8>, serde_json::Error> {
+    let value = serde_json::to_value(cat)?;
+    let crc = crc32fast::hash(&serde_json::to_vec(&value)?);
+    serde_json::to_vec_pretty(&serde_json::json!({ "crc32": crc, "catalog": value }))
+}
+
+/// Parses a catalog file: the checksummed form, or the plain form older versions wrote.
+fn decode_catalog(bytes: &[u8]) -> Result<Catalog, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let (inner, crc) = match (value.get("catalog"), value.get("crc32")) {
+        (Some(inner), Some(crc)) => (inner.clone(), Some(crc.as_u64().ok_or("crc32 is not a number")?)),
+        _ => (value, None),
+    };
+    if let Some(crc) = crc {
+        let actual = crc32fast::hash(&serde_json::to_vec(&inner).map_err(|e| e.to_string())?);
+        if u64::from(actual) != crc {
+            return Err(format!("checksum mismatch (stored {crc}, computed {actual})"));
+        }
+    }
+    serde_json::from_value(inner).map_err(|e| e.to_string())
+}
+
+/// Persists the catalog twice, backup first, each atomically: a damaged `catalog.json` is
+/// then replaced by an identical backup.
 fn persist_catalog(data_dir: &Path, cat: &Catalog) -> Result<(), StorageError> {
     let path = data_dir.join(CATALOG_FILE);
-    let bytes = serde_json::to_vec_pretty(cat).map_err(|e| StorageError::io(&path, std::io::Error::other(e)))?;
+    let bytes = encode_catalog(cat).map_err(|e| StorageError::io(&path, std::io::Error::other(e)))?;
+    write_atomically(data_dir, &data_dir.join(CATALOG_BACKUP_FILE), &bytes)?;
     write_atomically(data_dir, &path, &bytes)
+}
+
+/// Each catalog file and what is wrong with it (`None`: fine or absent).
+pub(crate) fn check_catalog_files(data_dir: &Path) -> Vec<(&'static str, Option<String>)> {
+    [CATALOG_FILE, CATALOG_BACKUP_FILE]
+        .into_iter()
+        .map(|name| {
+            let problem = match std::fs::read(data_dir.join(name)) {
+                Ok(b) => decode_catalog(&b).err(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => Some(e.to_string()),
+            };
+            (name, problem)
+        })
+        .collect()
+}
+
+fn read_catalog(path: &Path) -> Result<Option<Catalog>, String> {
+    match std::fs::read(path) {
+        Ok(b) => decode_catalog(&b).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn load_catalog(data_dir: &Path, streams_dir: &Path) -> Result<Catalog, StorageError> {
     let path = data_dir.join(CATALOG_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| StorageError::Corrupt(format!("{}: {e}", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let backup = data_dir.join(CATALOG_BACKUP_FILE);
+    let main = read_catalog(&path);
+    if let Ok(Some(cat)) = main {
+        if !matches!(read_catalog(&backup), Ok(Some(_))) {
+            persist_catalog(data_dir, &cat)?;
+        }
+        return Ok(cat);
+    }
+    match (main, read_catalog(&backup)) {
+        (Err(why), Ok(Some(cat))) => {
+            // Keep the damaged file for inspection, then restore it from the backup.
+            let qdir = data_dir.join(QUARANTINE_DIR);
+            std::fs::create_dir_all(&qdir).map_err(at(&qdir))?;
+            let copy = qdir.join(format!("catalog.json.{}", crate::now_ms()));
+            std::fs::copy(&path, &copy).map_err(at(&copy))?;
+            tracing::error!(file = %path.display(), error = %why, quarantine = %copy.display(),
+                "the catalog is damaged; restored it from its backup");
+            metrics::counter!("sluice_storage_catalog_restored_total").increment(1);
+            persist_catalog(data_dir, &cat)?;
+            Ok(cat)
+        }
+        (Err(why), backup_state) => Err(StorageError::Corrupt(format!(
+            "{} is damaged ({why}) and its backup {} is {}; refusing to start (nothing was changed)",
+            path.display(),
+            backup.display(),
+            match backup_state {
+                Err(b) => format!("damaged too ({b})"),
+                _ => "missing".into(),
+            }
+        ))),
+        (Ok(_), Ok(Some(cat))) => {
+            tracing::error!(file = %path.display(), "the catalog is missing; restored it from its backup");
+            metrics::counter!("sluice_storage_catalog_restored_total").increment(1);
+            persist_catalog(data_dir, &cat)?;
+            Ok(cat)
+        }
+        (Ok(_), _) => {
             let has_data = std::fs::read_dir(streams_dir).map_err(at(streams_dir))?.next().is_some();
             if has_data {
                 return Err(StorageError::Corrupt(format!(
@@ -165,8 +264,16 @@ fn load_catalog(data_dir: &Path, streams_dir: &Path) -> Result<Catalog, StorageE
             persist_catalog(data_dir, &cat)?;
             Ok(cat)
         }
-        Err(e) => Err(StorageError::io(&path, e)),
     }
+}
+
+/// Where a shard's damage is quarantined and counted.
+fn damage_ctx(data_dir: &Path, stream: &str, tag: u32, index: u32, stats: &Arc<DamageStats>) -> DamageCtx {
+    DamageCtx::new(
+        data_dir.join(QUARANTINE_DIR),
+        format!("{}-{}", stream_dir_name(stream, tag), shard_dir_name(index)),
+        stats.clone(),
+    )
 }
 
 fn remove_dir(path: &Path) {
@@ -210,6 +317,34 @@ impl Shared {
         removed
     }
 
+    fn stopping(&self) -> bool {
+        *lock(&self.stop)
+    }
+
+    /// Verifies every sealed segment that open trusted from its sidecar, so damage is found and
+    /// reported before a reader meets it.
+    fn run_verification(self: Arc<Self>) {
+        let logs = read(&self.logs).clone();
+        let started = std::time::Instant::now();
+        let mut segments = 0;
+        'all: for s in logs.values() {
+            for log in s.shards.values() {
+                if self.stopping() {
+                    break 'all;
+                }
+                segments += log.verify_sealed(&|| self.stopping());
+            }
+        }
+        if segments > 0 {
+            tracing::info!(
+                segments,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "background check of sealed segments done"
+            );
+        }
+        self.verified.store(true, Ordering::Release);
+    }
+
     fn run_retention(self: Arc<Self>) {
         loop {
             {
@@ -251,6 +386,7 @@ impl Store {
         let streams_dir = data_dir.join(STREAMS_DIR);
         std::fs::create_dir_all(&streams_dir).map_err(at(&streams_dir))?;
         let catalog = load_catalog(&data_dir, &streams_dir)?;
+        let damage = Arc::new(DamageStats::default());
 
         let mut logs = LogMap::new();
         let mut truncated = 0u64;
@@ -260,7 +396,8 @@ impl Store {
             let dir = streams_dir.join(&dir_name);
             let mut shards = HashMap::new();
             for sm in &meta.shards {
-                let r = ShardLog::open(dir.join(shard_dir_name(sm.index)), sm.index, !sm.is_open())?;
+                let ctx = damage_ctx(&data_dir, name, meta.tag, sm.index, &damage);
+                let r = ShardLog::open(dir.join(shard_dir_name(sm.index)), sm.index, !sm.is_open(), ctx)?;
                 truncated += r.truncated_bytes;
                 shards.insert(sm.index, Arc::new(r.log));
             }
@@ -309,6 +446,8 @@ impl Store {
             stop_cv: Condvar::new(),
             write_failing: AtomicBool::new(false),
             write_failure: Mutex::new(None),
+            damage,
+            verified: AtomicBool::new(false),
         });
         let mut threads = Vec::new();
         let w = shared.clone();
@@ -320,6 +459,14 @@ impl Store {
         );
         let handle = Handle { shared: shared.clone(), threads: Mutex::new(threads) };
         // On error, dropping `handle` stops what was started.
+        {
+            let v = shared.clone();
+            let t = std::thread::Builder::new()
+                .name("sluice-verify".into())
+                .spawn(move || v.run_verification())
+                .map_err(at(&data_dir))?;
+            lock(&handle.threads).push(t);
+        }
         if shared.cfg.retention_thread {
             let r = shared.clone();
             let t = std::thread::Builder::new()
@@ -405,7 +552,8 @@ impl Store {
                             // Anything there is a leftover of an attempt that never committed.
                             remove_dir(&shard_dir);
                             created.push(shard_dir.clone());
-                            let r = ShardLog::open(shard_dir, sm.index, !sm.is_open())?;
+                            let ctx = damage_ctx(&sh.cfg.data_dir, name, meta.tag, sm.index, &sh.damage);
+                            let r = ShardLog::open(shard_dir, sm.index, !sm.is_open(), ctx)?;
                             shards.insert(sm.index, Arc::new(r.log));
                             changed = true;
                         }
@@ -567,6 +715,19 @@ impl Store {
             return None;
         }
         lock(&sh.write_failure).clone()
+    }
+
+    /// Damage found since the store was opened: by recovery, by the background check of sealed
+    /// segments, or by reads.
+    pub fn damage(&self) -> crate::DamageSummary {
+        let d = &self.shared().damage;
+        crate::DamageSummary {
+            corrupt_records: d.corrupt_records.load(Ordering::Relaxed),
+            quarantined_bytes: d.quarantined_bytes.load(Ordering::Relaxed),
+            damaged_ranges: d.ranges.load(Ordering::Relaxed),
+            last: lock(&d.last).clone(),
+            verified: self.shared().verified.load(Ordering::Acquire),
+        }
     }
 
     /// Stops the background threads after draining pending appends; later appends get
