@@ -579,6 +579,20 @@ impl ShardLog {
         Ok(ReadBatch { records, next_ordinal: next.min(tip.next_ordinal), tip })
     }
 
+    /// The newest committed record, if the shard holds any (ordinals may skip, so this is not
+    /// always `next_ordinal - 1`).
+    pub(crate) fn read_last(&self) -> Result<Option<StoredRecord>, StorageError> {
+        let (from, tip) = {
+            let st = read(&self.state);
+            match st.segments.back() {
+                Some(seg) => (seg.last_ordinal, st.next_ordinal),
+                None => return Ok(None),
+            }
+        };
+        let batch = self.read(from, 1, usize::MAX)?;
+        Ok(batch.records.into_iter().next().filter(|r| r.ordinal < tip))
+    }
+
     /// Damage met by a reader (it appeared after recovery and the background check): copied
     /// and reported once; readers skip it meanwhile.
     fn report_read_damage(&self, l: &Loc, start: u64, end: u64) {

@@ -18,7 +18,7 @@ use crate::error::{StorageError, at};
 use crate::repair::{DamageCtx, DamageStats};
 use crate::shard_log::{ShardLog, sync_dir};
 use crate::sync::{lock, read, write};
-use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, Trimmed};
+use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, StoredRecord, Trimmed};
 
 pub(crate) const CATALOG_FILE: &str = "catalog.json";
 /// An identical copy of the catalog, used if `catalog.json` is damaged.
@@ -669,6 +669,12 @@ impl Store {
         max_bytes: usize,
     ) -> Result<ReadBatch, StorageError> {
         self.shared().shard_log(stream, tag, shard)?.read(from_ordinal, max_records, max_bytes)
+    }
+
+    /// The shard's newest record, if it holds any (ordinals may skip after damage or an
+    /// unclean shutdown, so this is not always the record at `next_ordinal - 1`).
+    pub fn read_last(&self, stream: &str, tag: u32, shard: u32) -> Result<Option<StoredRecord>, StorageError> {
+        self.shared().shard_log(stream, tag, shard)?.read_last()
     }
 
     /// The shard's retained range and tip.

@@ -303,6 +303,7 @@ fn after_a_crash_that_damaged_the_end_ordinals_skip_past_every_one_handed_out() 
     let all = read_all(&s, STREAM, TAG, 0, 1000);
     assert!(all.windows(2).all(|w| w[0].ordinal < w[1].ordinal));
     assert_eq!(all.last().unwrap().ordinal, a[0].ordinal);
+    assert_eq!(s.read_last(STREAM, TAG, 0).unwrap().as_ref(), all.last());
 }
 
 #[test]
