@@ -84,6 +84,9 @@ pub fn verify(data_dir: &Path) -> Result<VerifyReport, StorageError> {
 
 fn verify_shard(dir: &Path, report: &mut VerifyReport) -> Result<(), StorageError> {
     let mut prev_last: Option<u64> = None;
+    // The report entry of the previous segment if its end is damaged: records missing before
+    // the next segment are lost there.
+    let mut tail_entry: Option<usize> = None;
     let segs: Vec<(u64, PathBuf)> = sorted_entries(dir)?
         .into_iter()
         .filter_map(|p| {
@@ -112,12 +115,19 @@ fn verify_shard(dir: &Path, report: &mut VerifyReport) -> Result<(), StorageErro
         };
         let mut lost = 0u64;
         let mut what = Vec::new();
+        let pending_tail = tail_entry.take();
         if let Some(pl) = prev_last
             && hdr_prev > pl
         {
-            lost += hdr_prev - pl;
-            what.push(format!("records {}..={} missing before it", pl + 1, hdr_prev));
+            match pending_tail.and_then(|i| report.damaged.get_mut(i)) {
+                Some(entry) => entry.records_lost += hdr_prev - pl,
+                None => {
+                    lost += hdr_prev - pl;
+                    what.push(format!("records {}..={} missing before it", pl + 1, hdr_prev));
+                }
+            }
         }
+        let damaged_end = s.damage.last().is_some_and(|r| r.before.is_none()) && i + 1 < n;
         for r in &s.damage {
             match r.before {
                 Some(b) => lost += b.saturating_sub(if r.after == 0 { first } else { r.after + 1 }),
@@ -141,6 +151,9 @@ fn verify_shard(dir: &Path, report: &mut VerifyReport) -> Result<(), StorageErro
             what.push("damaged segment header".into());
         }
         if !what.is_empty() {
+            if damaged_end {
+                tail_entry = Some(report.damaged.len());
+            }
             report.damaged.push(SegmentDamage {
                 path,
                 ranges: s.damage.iter().map(|r| (r.start, r.end)).collect(),

@@ -246,6 +246,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         DurabilityArg::Os => Durability::Os,
     };
     store_config.segment_bytes = args.segment_mib.max(1) * 1024 * 1024;
+    // Before the store opens, so that what recovery counts reaches /metrics.
+    let metrics = sluice_kinesis_api::install_metrics();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config))
         .await
         .context("opening the store")?
@@ -274,7 +276,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|d| !d.is_zero())
             .context("--header-timeout-secs: expected a positive number of seconds")?,
     };
-    let metrics = sluice_kinesis_api::install_metrics();
     let server = Server::start(store.clone(), config, args.listen, metrics)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
