@@ -159,6 +159,11 @@ pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
                 let m = metrics.clone();
                 async move {
                     metrics::gauge!("sluice_open_iterators").set(st.open_iterators(sluice_core::now_ms()) as f64);
+                    metrics::gauge!("sluice_storage_write_failing").set(if st.store.write_failure().is_some() {
+                        1.0
+                    } else {
+                        0.0
+                    });
                     match m.as_ref() {
                         Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
                         None => (StatusCode::NOT_FOUND, "metrics are not enabled").into_response(),
@@ -170,10 +175,28 @@ pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
         .with_state(state)
 }
 
+/// `/health`: 503 with the reasons while the store cannot write (a full disk, an I/O error:
+/// until an append succeeds again), else 200; `{"status", "reasons", "streams"}` either way.
 async fn health(State(st): State<Shared>) -> Response {
-    let cat = st.store.catalog();
-    let body = format!("{{\"status\":\"ok\",\"streams\":{}}}", cat.streams.len());
-    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    let (code, body) = health_body(&st);
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn health_body(st: &Shared) -> (StatusCode, serde_json::Value) {
+    let failure = st.store.write_failure();
+    metrics::gauge!("sluice_storage_write_failing").set(if failure.is_some() { 1.0 } else { 0.0 });
+    let streams = st.store.catalog().streams.len();
+    match failure {
+        None => (StatusCode::OK, serde_json::json!({"status": "ok", "reasons": [], "streams": streams})),
+        Some(detail) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "status": "unavailable",
+                "reasons": [{"reason": "store_write_failed", "detail": format!("appends fail: {detail}")}],
+                "streams": streams,
+            }),
+        ),
+    }
 }
 
 fn format_of(headers: &HeaderMap) -> Option<Format> {

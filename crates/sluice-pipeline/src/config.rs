@@ -87,12 +87,20 @@ pub struct ApiSection {
     /// Listen address (port 0 picks a free one).
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
+    /// A sink that has acknowledged nothing for this long while records wait for it raises
+    /// `sink_failing` (`/health` 503). Default `"60s"`.
+    #[serde(default = "default_sink_failing_after", deserialize_with = "sluice_core::duration::deserialize")]
+    pub sink_failing_after: std::time::Duration,
 }
 
 impl Default for ApiSection {
     fn default() -> Self {
-        ApiSection { listen: default_api_listen() }
+        ApiSection { listen: default_api_listen(), sink_failing_after: default_sink_failing_after() }
     }
+}
+
+fn default_sink_failing_after() -> std::time::Duration {
+    crate::runtime::DEFAULT_SINK_FAILING_AFTER
 }
 
 fn default_api_listen() -> SocketAddr {

@@ -6,7 +6,9 @@
 //! process (on `[embedded] listen`, 127.0.0.1:4567 by default) so that other tools can read it,
 //! and the sink writes to it in-process ([`embedded`]).
 //! `/metrics` and `/health` are served on `[api] listen`; `/health` answers 503 while any
-//! source has an alarm raised (its own, such as `silence`, or the pipeline's `spool_blocked`).
+//! source has an alarm raised (its own, such as `silence`, or the pipeline's `spool_blocked`
+//! and `source_paused`), a sink is failing (`sink_failing`), or the spool's or the embedded
+//! stream's store cannot write (`spool_write_failed`, `store_write_failed`).
 
 pub mod config;
 pub mod embedded;
@@ -14,8 +16,10 @@ pub mod registry;
 pub mod runtime;
 pub mod spool;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -119,10 +123,17 @@ impl Pipeline {
                 segment_bytes: cfg.spool.segment_bytes,
             },
             spool_max_age: cfg.spool.max_age,
+            sink_failing_after: cfg.api.sink_failing_after,
         };
         let running = runtime::start(&opts, sources, sinks)?;
         let (ops_stop, ops_rx) = tokio::sync::watch::channel(false);
-        let health = Health { status: running.status.clone(), alarms: running.alarms.clone() };
+        let health = Health {
+            status: running.status.clone(),
+            alarms: running.alarms.clone(),
+            sink_alarms: running.sink_alarms.clone(),
+            stores: Arc::new(store_watches(&running, embedded.as_ref().map(|(_, st)| st.clone()))),
+            gauges: Arc::new(Mutex::new(BTreeSet::new())),
+        };
         let ops_addr = serve_ops(cfg.api.listen, health, metrics, ops_rx).await?;
         Ok(Pipeline { running, embedded, ops_addr, ops_stop })
     }
@@ -153,21 +164,102 @@ impl Pipeline {
     }
 }
 
+/// Alarm of the `spool` component while the spool's store cannot write.
+pub const SPOOL_WRITE_FAILED: &str = "spool_write_failed";
+/// Alarm of the `embedded` component while the embedded stream's store cannot write.
+pub const STORE_WRITE_FAILED: &str = "store_write_failed";
+
+/// The stores whose write failures `/health` reports: the spool's, and the embedded
+/// stream's when it runs.
+fn store_watches(running: &runtime::Running, embedded: Option<sluice_storage::Store>) -> Vec<StoreWatch> {
+    let spool = running.spool();
+    let mut out = vec![StoreWatch {
+        component: "spool",
+        alarm: SPOOL_WRITE_FAILED,
+        failure: Box::new(move || spool.write_failure()),
+        since_ms: Mutex::new(None),
+    }];
+    if let Some(store) = embedded {
+        out.push(StoreWatch {
+            component: "embedded",
+            alarm: STORE_WRITE_FAILED,
+            failure: Box::new(move || store.write_failure()),
+            since_ms: Mutex::new(None),
+        });
+    }
+    out
+}
+
+/// A store whose write failures `/health` reports.
+struct StoreWatch {
+    component: &'static str,
+    alarm: &'static str,
+    /// Why its writes fail, while they do.
+    failure: Box<dyn Fn() -> Option<String> + Send + Sync>,
+    /// When the failure was first seen (epoch ms), while it lasts.
+    since_ms: Mutex<Option<u64>>,
+}
+
 /// What `/health` reads.
 #[derive(Clone)]
 struct Health {
     status: runtime::SharedStatus,
     alarms: runtime::AlarmBoards,
+    sink_alarms: runtime::AlarmBoards,
+    stores: Arc<Vec<StoreWatch>>,
+    /// The `sluice_pipeline_alarm` series set to 1 (so that they go back to 0 when cleared).
+    gauges: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
-/// `/health`: 503 with `"status": "alarm"` while any component has an alarm raised, else 200
-/// with `"status": "ok"`; the raised alarms and the live counters either way.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every raised alarm: the sources', the sinks', and the stores' write failures.
+fn all_alarms(h: &Health) -> Vec<runtime::RaisedAlarm> {
+    let mut alarms = runtime::raised_alarms(&h.alarms);
+    alarms.extend(runtime::raised_alarms(&h.sink_alarms));
+    for w in h.stores.iter() {
+        let failure = (w.failure)();
+        let mut since = lock(&w.since_ms);
+        match failure {
+            Some(detail) => {
+                let since_ms = *since.get_or_insert_with(sluice_flow::now_ms);
+                alarms.push(runtime::RaisedAlarm {
+                    component: w.component.to_owned(),
+                    alarm: w.alarm.to_owned(),
+                    since_ms,
+                    detail: format!("writes fail: {detail}"),
+                });
+            }
+            None => *since = None,
+        }
+    }
+    alarms
+}
+
+/// `/health`: 503 with `"status": "alarm"` while any component has an alarm raised (see the
+/// crate doc), else 200 with `"status": "ok"`; `reasons` (`component: alarm`), the raised
+/// alarms with their details, and the live counters either way. Also sets the health gauges
+/// (`sluice_pipeline_healthy`, `sluice_pipeline_alarm{component, alarm}`).
 fn health_response(h: &Health) -> (axum::http::StatusCode, serde_json::Value) {
     let snapshot = h.status.lock().map(|g| g.clone()).unwrap_or_default();
-    let alarms = runtime::raised_alarms(&h.alarms);
-    let code = if alarms.is_empty() { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
-    let status = if alarms.is_empty() { "ok" } else { "alarm" };
-    (code, serde_json::json!({"status": status, "alarms": alarms, "pipeline": snapshot}))
+    let alarms = all_alarms(h);
+    let healthy = alarms.is_empty();
+    let code = if healthy { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let status = if healthy { "ok" } else { "alarm" };
+    let reasons: Vec<String> = alarms.iter().map(|a| format!("{}: {}", a.component, a.alarm)).collect();
+    metrics::gauge!("sluice_pipeline_healthy").set(if healthy { 1.0 } else { 0.0 });
+    let raised: BTreeSet<(String, String)> = alarms.iter().map(|a| (a.component.clone(), a.alarm.clone())).collect();
+    let mut set = lock(&h.gauges);
+    for (component, alarm) in set.difference(&raised) {
+        metrics::gauge!("sluice_pipeline_alarm", "component" => component.clone(), "alarm" => alarm.clone()).set(0.0);
+    }
+    for (component, alarm) in &raised {
+        metrics::gauge!("sluice_pipeline_alarm", "component" => component.clone(), "alarm" => alarm.clone()).set(1.0);
+    }
+    *set = raised;
+    (code, serde_json::json!({"status": status, "reasons": reasons, "alarms": alarms, "pipeline": snapshot}))
 }
 
 async fn serve_ops(
@@ -196,9 +288,11 @@ async fn serve_ops(
         )
         .route(
             "/metrics",
-            get(move || {
+            get(move |State(h): State<Health>| {
                 let m = metrics.clone();
                 async move {
+                    // The health gauges are current at every scrape.
+                    let _ = health_response(&h);
                     match m {
                         Some(h) => ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render())
                             .into_response(),
@@ -221,9 +315,20 @@ mod tests {
     fn health_is_503_with_every_raised_alarm_and_200_without() {
         let a = sluice_flow::Alarms::default();
         let b = sluice_flow::Alarms::default();
+        let sink = sluice_flow::Alarms::default();
+        let failing = Arc::new(Mutex::new(None::<String>));
+        let f = failing.clone();
         let h = Health {
             status: Default::default(),
-            alarms: std::sync::Arc::new(vec![("feed".into(), a.clone()), ("other".into(), b.clone())]),
+            alarms: Arc::new(vec![("feed".into(), a.clone()), ("other".into(), b.clone())]),
+            sink_alarms: Arc::new(vec![("out".into(), sink.clone())]),
+            stores: Arc::new(vec![StoreWatch {
+                component: "spool",
+                alarm: SPOOL_WRITE_FAILED,
+                failure: Box::new(move || lock(&f).clone()),
+                since_ms: Mutex::new(None),
+            }]),
+            gauges: Default::default(),
         };
         let (code, body) = health_response(&h);
         assert_eq!((code.as_u16(), body["status"].as_str()), (200, Some("ok")));
@@ -240,8 +345,25 @@ mod tests {
         assert_eq!(listed, vec![("feed", "spool_blocked"), ("other", "silence")]);
         assert_eq!(body["alarms"][0]["detail"], "spool cannot write: no space");
         assert!(body["alarms"][0]["since_ms"].as_u64().is_some_and(|t| t > 0));
+        assert_eq!(body["reasons"], serde_json::json!(["feed: spool_blocked", "other: silence"]));
         a.clear("spool_blocked");
         b.clear("silence");
         assert_eq!(health_response(&h).0.as_u16(), 200);
+        // A failing sink and a spool that cannot write are reasons too, by any alarm name.
+        sink.raise(runtime::SINK_FAILING, "no record acknowledged for 61 s");
+        a.raise("cursor_stuck", "the cursor has not moved");
+        *lock(&failing) = Some("No space left on device".into());
+        let (code, body) = health_response(&h);
+        assert_eq!(code.as_u16(), 503);
+        assert_eq!(
+            body["reasons"],
+            serde_json::json!(["feed: cursor_stuck", "out: sink_failing", "spool: spool_write_failed"])
+        );
+        assert!(body["alarms"][2]["detail"].as_str().is_some_and(|d| d.contains("No space left")), "{body}");
+        sink.clear(runtime::SINK_FAILING);
+        a.clear("cursor_stuck");
+        *lock(&failing) = None;
+        let (code, body) = health_response(&h);
+        assert_eq!((code.as_u16(), body["reasons"].clone()), (200, serde_json::json!([])));
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,18 @@ const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
 pub const SPOOL_BLOCKED: &str = "spool_blocked";
 /// The alarm a source shows while a sink's feeder cannot read its spool.
 pub const SPOOL_READ_FAILED: &str = "spool_read_failed";
+/// The alarm a source shows while it waits because its spool queue stays full (the spool
+/// cannot write, or cannot keep up): paused by backpressure, it does not read the provider.
+pub const SOURCE_PAUSED: &str = "source_paused";
+/// The alarm a sink shows while records wait for it and it has acknowledged none for longer
+/// than `[api] sink_failing_after` (a refusing endpoint, a full disk, …).
+pub const SINK_FAILING: &str = "sink_failing";
+/// How long a source's spool queue must stay full before the source counts as paused.
+const PAUSED_AFTER: Duration = Duration::from_secs(1);
+/// How often the health monitor looks at sources and sinks.
+const MONITOR_INTERVAL: Duration = Duration::from_millis(250);
+/// Default of `[api] sink_failing_after`.
+pub const DEFAULT_SINK_FAILING_AFTER: Duration = Duration::from_secs(60);
 
 /// Per source, the saved watermark of every sink reading it: the spool may be trimmed below
 /// the lowest.
@@ -124,6 +137,8 @@ pub struct RuntimeOptions {
     pub spool: SpoolOptions,
     /// `[spool] max_age`: also delete spooled events older than this, acknowledged or not.
     pub spool_max_age: Option<Duration>,
+    /// A sink that acknowledged nothing this long while records waited for it is failing.
+    pub sink_failing_after: Duration,
 }
 
 /// A running pipeline.
@@ -136,6 +151,8 @@ pub struct Running {
     pub status: SharedStatus,
     /// Every source's alarm board, by source name (what `/health` reports).
     pub alarms: AlarmBoards,
+    /// Every sink's alarm board, by sink name (`sink_failing`).
+    pub sink_alarms: AlarmBoards,
 }
 
 /// The alarm boards of a pipeline's components, by component name.
@@ -160,6 +177,8 @@ pub fn start(
     let mut tasks = Vec::new();
     let mut boards = Vec::new();
     let floors: Floors = Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), BTreeMap::new())).collect()));
+    let mut watched_sources = Vec::new();
+    let mut watched_sinks = Vec::new();
 
     for (name, source) in sources {
         let resume = spool.last_cursor(&name)?;
@@ -176,6 +195,7 @@ pub fn start(
             tracing::info!(source = %name, cursor = %c, "resuming after the last spooled event");
         }
         let (tx, rx) = mpsc::channel::<Event>(8192);
+        watched_sources.push(WatchedSource { name: name.clone(), queue: tx.downgrade(), alarms: alarms.clone() });
         let ctx = SourceContext {
             name: name.clone(),
             resume_cursor: resume,
@@ -202,6 +222,14 @@ pub fn start(
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
         let mut marks = Vec::new();
         let mut sink_status = SinkStatus::default();
+        let progress = Arc::new(SinkProgress::default());
+        let sink_board = Alarms::default();
+        gauge!("sluice_pipeline_sink_failing", "sink" => spec.name.clone()).set(0.0);
+        watched_sinks.push(WatchedSink {
+            name: spec.name.clone(),
+            progress: progress.clone(),
+            alarms: sink_board.clone(),
+        });
         for (i, input) in spec.inputs.iter().enumerate() {
             // What `max_age` deleted while unacknowledged cannot be waited for any more.
             let expired = spool.first_ordinal(input)?.saturating_sub(1);
@@ -222,7 +250,14 @@ pub fn start(
                 index: i as u64,
                 alarms: boards.iter().find(|(n, _)| n == input).map(|(_, a)| a.clone()).unwrap_or_default(),
             };
-            tasks.push(tokio::spawn(feeder(source, done + 1, rec_tx.clone(), mark, shutdown_rx.clone())));
+            tasks.push(tokio::spawn(feeder(
+                source,
+                done + 1,
+                rec_tx.clone(),
+                mark,
+                progress.clone(),
+                shutdown_rx.clone(),
+            )));
         }
         if sink_status.redelivered > 0 {
             counter!("sluice_pipeline_redelivered_total", "sink" => spec.name.clone())
@@ -251,13 +286,15 @@ pub fn start(
             marks,
             ack_rx,
             state_dir.clone(),
-            status.clone(),
+            (status.clone(), progress),
             spool.clone(),
             floors.clone(),
         )));
     }
-    tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx)));
-    Ok(Running { shutdown: shutdown_tx, tasks, sink_tasks, spool, status, alarms: Arc::new(boards) })
+    tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx.clone())));
+    let sink_alarms = Arc::new(watched_sinks.iter().map(|w| (w.name.clone(), w.alarms.clone())).collect());
+    tasks.push(tokio::spawn(monitor(watched_sources, watched_sinks, opts.sink_failing_after, shutdown_rx)));
+    Ok(Running { shutdown: shutdown_tx, tasks, sink_tasks, spool, status, alarms: Arc::new(boards), sink_alarms })
 }
 
 fn lock_floors(f: &Floors) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, u64>>> {
@@ -404,6 +441,101 @@ async fn spool_writer(
     }
 }
 
+/// What the health monitor sees of one sink: records handed to it and acknowledged since
+/// start, and when the last acknowledgement came.
+#[derive(Debug, Default)]
+struct SinkProgress {
+    handed: AtomicU64,
+    acked: AtomicU64,
+    last_ack_ms: AtomicU64,
+}
+
+/// A source as the health monitor watches it: its spool queue (weakly: the source owns it).
+struct WatchedSource {
+    name: String,
+    queue: mpsc::WeakSender<Event>,
+    alarms: Alarms,
+}
+
+/// A sink as the health monitor watches it.
+struct WatchedSink {
+    name: String,
+    progress: Arc<SinkProgress>,
+    alarms: Alarms,
+}
+
+/// Raises and clears `source_paused` (a source's spool queue full for [`PAUSED_AFTER`]) and
+/// `sink_failing` (records waiting and no acknowledgement for `failing_after`), with their
+/// gauges and one log line per change.
+async fn monitor(
+    sources: Vec<WatchedSource>,
+    sinks: Vec<WatchedSink>,
+    failing_after: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    for s in &sources {
+        gauge!("sluice_pipeline_source_paused", "source" => s.name.clone()).set(0.0);
+    }
+    let mut full_since: Vec<Option<std::time::Instant>> = vec![None; sources.len()];
+    // Per sink, the last time nothing was waiting for it.
+    let start = sluice_flow::now_ms();
+    let mut clear_at: Vec<u64> = vec![start; sinks.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MONITOR_INTERVAL) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        for (s, since) in sources.iter().zip(full_since.iter_mut()) {
+            let full = s.queue.upgrade().is_some_and(|q| q.capacity() == 0);
+            match (full, *since) {
+                (true, None) => *since = Some(std::time::Instant::now()),
+                (true, Some(t)) if t.elapsed() >= PAUSED_AFTER => {
+                    let detail = format!(
+                        "the source waits: its spool queue has been full for {} ms (the spool cannot write or keep up)",
+                        t.elapsed().as_millis()
+                    );
+                    if s.alarms.raise(SOURCE_PAUSED, detail) {
+                        gauge!("sluice_pipeline_source_paused", "source" => s.name.clone()).set(1.0);
+                        tracing::warn!(source = %s.name, "source paused by backpressure: its spool queue is full");
+                    }
+                }
+                (false, _) => {
+                    *since = None;
+                    if s.alarms.clear(SOURCE_PAUSED) {
+                        gauge!("sluice_pipeline_source_paused", "source" => s.name.clone()).set(0.0);
+                        tracing::info!(source = %s.name, "source no longer paused: the spool takes its events again");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let now = sluice_flow::now_ms();
+        for (s, clear) in sinks.iter().zip(clear_at.iter_mut()) {
+            let (handed, acked) = (s.progress.handed.load(Ordering::Relaxed), s.progress.acked.load(Ordering::Relaxed));
+            let waiting = handed.saturating_sub(acked);
+            gauge!("sluice_pipeline_sink_unacknowledged", "sink" => s.name.clone()).set(waiting as f64);
+            if waiting == 0 {
+                *clear = now;
+            }
+            let quiet_ms = now.saturating_sub((*clear).max(s.progress.last_ack_ms.load(Ordering::Relaxed)));
+            if waiting > 0 && quiet_ms >= failing_after.as_millis() as u64 {
+                let detail = format!(
+                    "no record acknowledged for {:.1} s while {waiting} wait (threshold {:.1} s)",
+                    quiet_ms as f64 / 1000.0,
+                    failing_after.as_secs_f64()
+                );
+                if s.alarms.raise(SINK_FAILING, detail) {
+                    gauge!("sluice_pipeline_sink_failing", "sink" => s.name.clone()).set(1.0);
+                    tracing::error!(sink = %s.name, waiting, quiet_ms, "sink failing: no acknowledgement while records wait");
+                }
+            } else if quiet_ms < failing_after.as_millis() as u64 && s.alarms.clear(SINK_FAILING) {
+                gauge!("sluice_pipeline_sink_failing", "sink" => s.name.clone()).set(0.0);
+                tracing::info!(sink = %s.name, "sink acknowledges again");
+            }
+        }
+    }
+}
+
 /// One input of one sink and its watermark.
 struct Mark {
     input: String,
@@ -424,6 +556,7 @@ async fn feeder(
     mut next: u64,
     tx: mpsc::Sender<Record>,
     mut dispatched: DispatchMark,
+    progress: Arc<SinkProgress>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let FeederInput { spool, input, index, alarms } = source;
@@ -479,7 +612,10 @@ async fn feeder(
             };
             // Without waiting when the sink has room (the common case), else until it has.
             let record = match tx.try_send(record) {
-                Ok(()) => continue,
+                Ok(()) => {
+                    progress.handed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
                 Err(mpsc::error::TrySendError::Full(record)) => record,
             };
@@ -487,6 +623,7 @@ async fn feeder(
                 sent = tx.send(record) => if sent.is_err() { return },
                 _ = shutdown.changed() => return,
             }
+            progress.handed.fetch_add(1, Ordering::Relaxed);
         }
         next = after;
     }
@@ -497,7 +634,7 @@ async fn ack_collector(
     mut marks: Vec<Mark>,
     mut rx: mpsc::UnboundedReceiver<Ack>,
     state_dir: PathBuf,
-    status: SharedStatus,
+    (status, progress): (SharedStatus, Arc<SinkProgress>),
     spool: Spool,
     floors: Floors,
 ) {
@@ -515,6 +652,8 @@ async fn ack_collector(
                     Ack::DeadLettered(ids) => (ids, false),
                 };
                 let n = ids.len() as u64;
+                progress.acked.fetch_add(n, Ordering::Relaxed);
+                progress.last_ack_ms.store(sluice_flow::now_ms(), Ordering::Relaxed);
                 for id in ids {
                     let input = (id >> ORDINAL_BITS) as usize;
                     if let Some(mark) = marks.get_mut(input) {
@@ -625,9 +764,16 @@ impl Running {
         let _ = tokio::task::spawn_blocking(move || spool.shutdown()).await;
     }
 
-    /// Every raised alarm, by component (source name).
+    /// Every raised alarm, by component (source names, then sink names).
     pub fn raised_alarms(&self) -> Vec<RaisedAlarm> {
-        raised_alarms(&self.alarms)
+        let mut all = raised_alarms(&self.alarms);
+        all.extend(raised_alarms(&self.sink_alarms));
+        all
+    }
+
+    /// The spool (for health checks: [`Spool::write_failure`]).
+    pub fn spool(&self) -> Spool {
+        self.spool.clone()
     }
 
     /// A snapshot of the live counters.
@@ -716,6 +862,7 @@ mod tests {
             data_dir: dir.to_path_buf(),
             spool: SpoolOptions { segment_bytes: 1024, ..SpoolOptions::default() },
             spool_max_age: max_age,
+            sink_failing_after: DEFAULT_SINK_FAILING_AFTER,
         }
     }
 
@@ -836,11 +983,61 @@ mod tests {
         run.shutdown().await;
     }
 
+    /// A sink that holds every record until `open`, then acknowledges all of them.
+    struct Gate {
+        open: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Sink for Gate {
+        fn run(self: Box<Self>, mut ctx: SinkContext) -> BoxFuture<Result<(), FlowError>> {
+            Box::pin(async move {
+                let mut held = Vec::new();
+                loop {
+                    tokio::select! {
+                        r = ctx.records.recv() => match r {
+                            Some(r) => held.push(r.id),
+                            None => return Ok(()),
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                    if self.open.load(Ordering::Relaxed) && !held.is_empty() {
+                        let _ = ctx.acks.send(Ack::Delivered(std::mem::take(&mut held)));
+                    }
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sink_that_acknowledges_nothing_past_the_threshold_is_failing_until_it_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts =
+            RuntimeOptions { sink_failing_after: Duration::from_millis(600), ..small_segments(dir.path(), None) };
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sink =
+            SinkSpec { name: "out".into(), inputs: vec!["feed".into()], sink: Box::new(Gate { open: open.clone() }) };
+        let started = std::time::Instant::now();
+        let run = start(&opts, counting(10), vec![sink]).expect("start");
+        let failing = || run.raised_alarms().iter().any(|a| a.component == "out" && a.alarm == SINK_FAILING);
+        wait_for(failing).await;
+        assert!(started.elapsed() >= Duration::from_millis(600), "not before the threshold");
+        let detail = run.raised_alarms().into_iter().find(|a| a.alarm == SINK_FAILING).map(|a| a.detail);
+        assert!(detail.as_deref().is_some_and(|d| d.contains("10 wait")), "{detail:?}");
+        open.store(true, Ordering::Relaxed);
+        wait_for(|| !failing()).await;
+        assert_eq!(run.status().sinks["out"].watermarks["feed"], 10);
+        run.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_flow_and_a_restart_resumes_from_spool_and_watermark() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts =
-            RuntimeOptions { data_dir: dir.path().to_path_buf(), spool: SpoolOptions::default(), spool_max_age: None };
+        let opts = RuntimeOptions {
+            data_dir: dir.path().to_path_buf(),
+            spool: SpoolOptions::default(),
+            spool_max_age: None,
+            sink_failing_after: DEFAULT_SINK_FAILING_AFTER,
+        };
         let resume = Arc::new(Mutex::new(None));
         let got = Arc::new(Mutex::new(Vec::new()));
         let run = start(

@@ -250,12 +250,10 @@ impl Spool {
 
     /// The cursor stored with the newest spooled event, if any.
     pub fn last_cursor(&self, source: &str) -> Result<Option<String>, StorageError> {
-        let pos = self.store.shard_position(source, TAG, 0)?;
-        if pos.next_ordinal <= pos.first_ordinal {
-            return Ok(None);
-        }
-        let (records, _) = self.read_stored(source, pos.next_ordinal - 1, 1)?;
-        Ok(records.first().and_then(|r| decode_key(&r.partition_key).1.map(str::to_owned)))
+        // The newest record, not the one at `next_ordinal - 1`: ordinals may skip (after
+        // damage, or after an unclean shutdown that cost bytes at the end).
+        let last = self.store.read_last(source, TAG, 0)?;
+        Ok(last.and_then(|r| decode_key(&r.partition_key).1.map(str::to_owned)))
     }
 
     /// Up to `max` of the newest spooled events received at or after `since_ms`, oldest first.
@@ -284,6 +282,12 @@ impl Spool {
     /// (never the newest segment), delivered or not.
     pub fn trim_older_than(&self, source: &str, cutoff_ms: u64) -> Result<Trimmed, StorageError> {
         self.store.trim_older_than(source, TAG, 0, cutoff_ms)
+    }
+
+    /// Why the spool's writes fail, while its last group commit failed (a full disk, an I/O
+    /// error); `None` once one succeeds again.
+    pub fn write_failure(&self) -> Option<String> {
+        self.store.write_failure()
     }
 
     /// Wakes when new events are spooled (durable, and in the memory tail).
