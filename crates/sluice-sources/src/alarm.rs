@@ -1,8 +1,9 @@
-//! Source alarms: `silence` (no event forwarded for `alarm.silence`) and `no_connection` (no
-//! live connection for `alarm.no_connection`).
+//! Source alarms: `silence` (no event forwarded for `alarm.silence`), `no_connection` (no
+//! live connection for `alarm.no_connection`) and `cursor_stuck` (always on: connections keep
+//! ending on unusable messages without the cursor moving, see the supervisor).
 //!
 //! Each alarm, on raise and on clear: sets its gauge (`sluice_source_silent`,
-//! `sluice_source_no_connection`), logs (a warning when raised), updates the source's alarm
+//! `sluice_source_no_connection`, `sluice_source_cursor_stuck`), logs (a warning when raised), updates the source's alarm
 //! board (which the pipeline's `/health` reads, answering 503 while any alarm is up), and runs
 //! `alarm.command` if configured. The supervisor checks them on its tick.
 
@@ -33,6 +34,7 @@ pub(crate) struct AlarmWatch {
     command: Option<tokio::sync::mpsc::UnboundedSender<Run>>,
     silence: Option<Watch>,
     no_connection: Option<Watch>,
+    cursor_stuck: Watch,
     /// Since when no connection has been live (`None`: one is).
     disconnected_since: Option<Instant>,
 }
@@ -46,6 +48,10 @@ impl AlarmWatch {
         };
         metrics::describe_gauge!("sluice_source_silent", "1 while the source's silence alarm is up.");
         metrics::describe_gauge!("sluice_source_no_connection", "1 while the source's no-connection alarm is up.");
+        metrics::describe_gauge!(
+            "sluice_source_cursor_stuck",
+            "1 while connections keep ending on unusable messages without the cursor moving."
+        );
         let command = plan.command.clone().map(|argv| {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Run>();
             let source = source.to_owned();
@@ -62,6 +68,11 @@ impl AlarmWatch {
             command,
             silence: watch("silence", plan.silence, "sluice_source_silent"),
             no_connection: watch("no_connection", plan.no_connection, "sluice_source_no_connection"),
+            cursor_stuck: {
+                let gauge = metrics::gauge!("sluice_source_cursor_stuck", "source" => source.to_owned());
+                gauge.set(0.0);
+                Watch { name: "cursor_stuck", after: Duration::ZERO, gauge, raised: false }
+            },
             disconnected_since: Some(Instant::now()),
         }
     }
@@ -90,9 +101,15 @@ impl AlarmWatch {
         }
     }
 
+    /// Raises or clears `cursor_stuck`.
+    pub(crate) fn cursor_stuck(&mut self, up: bool, detail: String) {
+        update(&self.source, &self.board, &self.command, &mut self.cursor_stuck, up, detail);
+    }
+
     /// Clears every alarm at shutdown (a stopped source is not silent), without the command.
     pub(crate) fn stop(&mut self) {
-        for w in [self.silence.as_mut(), self.no_connection.as_mut()].into_iter().flatten() {
+        let stuck = Some(&mut self.cursor_stuck);
+        for w in [self.silence.as_mut(), self.no_connection.as_mut(), stuck].into_iter().flatten() {
             w.gauge.set(0.0);
             self.board.clear(w.name);
         }

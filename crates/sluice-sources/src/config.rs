@@ -99,6 +99,37 @@ pub struct ResumeConfig {
     /// offsets). Default true.
     #[serde(default = "default_true")]
     pub check_gaps: bool,
+    /// What a cursor must be: `"integer"` (an integer, as a JSON number or a string of
+    /// digits; ordered, gaps watched) or `"string"` (any text, opaque: no order, no gaps).
+    /// Default: inferred from the first cursor (the spool's after a restart) and then
+    /// enforced. A message whose cursor does not match is dead-lettered (`bad_cursor`),
+    /// counted and logged, and does not move the cursor.
+    #[serde(default)]
+    pub cursor_type: Option<CursorType>,
+}
+
+/// `resume.cursor_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CursorType {
+    /// An integer (JSON number or string of digits, fits in 128 bits).
+    Integer,
+    /// Any text, compared only for equality.
+    String,
+}
+
+impl CursorType {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CursorType::Integer => "integer",
+            CursorType::String => "string",
+        }
+    }
+
+    /// The type a first cursor implies.
+    pub(crate) fn infer(cursor: &str) -> CursorType {
+        if crate::cursor::parse_int(cursor).is_some() { CursorType::Integer } else { CursorType::String }
+    }
 }
 
 fn default_true() -> bool {
@@ -294,6 +325,8 @@ pub(crate) struct ResumePlan {
     pub url: Option<Template>,
     pub initial: Option<String>,
     pub check_gaps: bool,
+    /// `None`: inferred from the first cursor.
+    pub cursor_type: Option<CursorType>,
 }
 
 impl ResumePlan {
@@ -310,7 +343,7 @@ impl ResumePlan {
                     "`resume.initial` is needed: a message uses {cursor} (set it to the value to send before any cursor is known)",
                 ));
             }
-            return Ok(ResumePlan { pointer: None, url: None, initial: None, check_gaps: true });
+            return Ok(ResumePlan { pointer: None, url: None, initial: None, check_gaps: true, cursor_type: None });
         };
         let pointer = match &resume.cursor {
             Some(p) => Some(Pointer::parse(p).map_err(|e| config_error(name, format!("`resume.cursor`: {e}")))?),
@@ -333,7 +366,13 @@ impl ResumePlan {
                 "`resume.initial` is needed: a message uses {cursor} (set it to the value to send before any cursor is known)",
             ));
         }
-        Ok(ResumePlan { pointer, url, initial: resume.initial.clone(), check_gaps: resume.check_gaps })
+        Ok(ResumePlan {
+            pointer,
+            url,
+            initial: resume.initial.clone(),
+            check_gaps: resume.check_gaps,
+            cursor_type: resume.cursor_type,
+        })
     }
 
     /// The URL for a connection that resumes from `cursor` (`url` when none is known).
@@ -429,8 +468,10 @@ pub struct CommonConfig {
     /// Cursor extraction and resume: `{ cursor = "/seq", url = "…{cursor}", initial = "0" }`.
     #[serde(default)]
     pub resume: Option<ResumeConfig>,
-    /// Larger messages are dead-lettered (`too_large`) and counted; the stream goes on.
-    /// Default 1048576 (1 MiB).
+    /// Larger messages are read and discarded as they stream (never buffered whole),
+    /// dead-lettered (`oversized`, the first 64 KiB kept, the real size in `detail`), counted
+    /// and logged; the connection goes on. When the cursor can be read from the kept
+    /// beginning, the cursor moves past the message. Default 1048576 (1 MiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Redundant connections to the same provider, each reconnecting and rotating on its own;
@@ -629,8 +670,6 @@ pub(crate) struct Common {
     pub headers: Vec<HeaderTemplate>,
     pub idle_timeout: Option<Duration>,
     pub connect_timeout: Duration,
-    /// The largest message read off the wire at all (see [`hard_limit`]).
-    pub read_limit: usize,
     pub settings: Settings,
 }
 
@@ -704,7 +743,6 @@ impl CommonConfig {
             headers,
             idle_timeout: nonzero(self.idle_timeout),
             connect_timeout: self.connect_timeout,
-            read_limit: hard_limit(self.max_message_bytes),
             settings: Settings {
                 reconnect,
                 resume,
@@ -729,12 +767,6 @@ pub(crate) fn check_positive(name: &str, field: &str, value: Duration) -> Result
 /// A duration of zero means "off".
 pub(crate) fn nonzero(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
-}
-
-/// The largest message read off the wire at all: messages above `max_message_bytes` but below
-/// this are dead-lettered whole; a bigger one breaks the connection (it cannot be buffered).
-pub(crate) fn hard_limit(max_message_bytes: usize) -> usize {
-    max_message_bytes.saturating_mul(4).max(16 * 1024 * 1024)
 }
 
 #[cfg(test)]
@@ -792,7 +824,8 @@ mod tests {
 
     #[test]
     fn resume_requires_initial_when_messages_use_the_cursor() {
-        let r = ResumeConfig { cursor: Some("/seq".into()), url: None, initial: None, check_gaps: true };
+        let r =
+            ResumeConfig { cursor: Some("/seq".into()), url: None, initial: None, check_gaps: true, cursor_type: None };
         assert!(ResumePlan::from_config("s", Some(&r), &["ws"], &["{\"from\":{cursor}}"]).is_err());
         assert!(ResumePlan::from_config("s", None, &["ws"], &["{\"from\":{cursor}}"]).is_err());
         assert!(ResumePlan::from_config("s", Some(&r), &["ws"], &["plain"]).is_ok());

@@ -33,15 +33,18 @@ const RECENT_CAPACITY: usize = 4096;
 /// business (see `gaps`).
 #[derive(Debug)]
 pub(crate) struct CursorOrder {
+    /// Integer cursors are ordered (false: `resume.cursor_type = "string"`, all opaque).
+    integers: bool,
     last_int: Option<i128>,
     recent: VecDeque<String>,
     recent_set: HashSet<String>,
 }
 
 impl CursorOrder {
-    /// Starts after `resume` (the spool's last cursor), if any.
-    pub(crate) fn new(resume: Option<&str>) -> CursorOrder {
-        let mut order = CursorOrder { last_int: None, recent: VecDeque::new(), recent_set: HashSet::new() };
+    /// Starts after `resume` (the spool's last cursor), if any; `integers`: integer cursors
+    /// are ordered.
+    pub(crate) fn new(resume: Option<&str>, integers: bool) -> CursorOrder {
+        let mut order = CursorOrder { integers, last_int: None, recent: VecDeque::new(), recent_set: HashSet::new() };
         if let Some(cursor) = resume {
             order.check(cursor);
         }
@@ -49,8 +52,13 @@ impl CursorOrder {
     }
 
     /// Decides about `cursor` and, unless it is a duplicate, records it as the latest.
+    /// Every cursor is opaque from now on (compared by exact match only).
+    pub(crate) fn opaque(&mut self) {
+        self.integers = false;
+    }
+
     pub(crate) fn check(&mut self, cursor: &str) -> Verdict {
-        match parse_int(cursor) {
+        match parse_int(cursor).filter(|_| self.integers) {
             Some(value) => match self.last_int {
                 Some(last) if value <= last => Verdict::Duplicate,
                 _ => {
@@ -129,7 +137,7 @@ mod tests {
 
     #[test]
     fn integer_cursors_must_increase() {
-        let mut order = CursorOrder::new(Some("10"));
+        let mut order = CursorOrder::new(Some("10"), true);
         assert_eq!(order.check("9"), Verdict::Duplicate);
         assert_eq!(order.check("10"), Verdict::Duplicate);
         assert_eq!(order.check("11"), Verdict::New);
@@ -140,7 +148,7 @@ mod tests {
 
     #[test]
     fn other_cursors_dedupe_by_exact_match() {
-        let mut order = CursorOrder::new(Some("a"));
+        let mut order = CursorOrder::new(Some("a"), true);
         assert_eq!(order.check("a"), Verdict::Duplicate);
         assert_eq!(order.check("b"), Verdict::New);
         assert_eq!(order.check("b"), Verdict::Duplicate);

@@ -98,7 +98,7 @@ async fn garbage_and_oversized_lines_are_dead_lettered_and_the_stream_goes_on() 
     assert_eq!(m.counter("sluice_source_connects_total", &[("source", "ndjson-bad")]), 1);
     let letters = run.dead_letters();
     let reasons: Vec<&str> = letters.iter().map(|l| l["reason"].as_str().unwrap_or("")).collect();
-    assert_eq!(reasons, ["invalid_json", "too_large", "too_large"]);
+    assert_eq!(reasons, ["invalid_json", "oversized", "oversized"]);
     assert!(letters[2]["detail"].as_str().unwrap_or("").starts_with(&format!("{} bytes", 17 * 1024 * 1024)));
     run.stop().await;
 }

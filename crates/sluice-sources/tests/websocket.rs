@@ -261,12 +261,12 @@ async fn unusable_frames_are_dead_lettered_and_counted() {
     run.expect_nothing(Duration::from_millis(200)).await;
     assert_eq!(count(&m, "sluice_source_dead_lettered_total", "garbage", &[]), 9);
     assert_eq!(m.counter("sluice_dead_letters_total", &[("component", "garbage"), ("reason", "invalid_json")]), 6);
-    assert_eq!(m.counter("sluice_dead_letters_total", &[("component", "garbage"), ("reason", "too_large")]), 3);
+    assert_eq!(m.counter("sluice_dead_letters_total", &[("component", "garbage"), ("reason", "oversized")]), 3);
     let letters = run.dead_letters();
     assert_eq!(letters.len(), 9);
     assert_eq!(letters[0]["reason"], "invalid_json");
     assert_eq!(letters[0]["payload_base64"], "dGhpcyBpcyBub3QganNvbg==");
-    assert_eq!(letters[2]["reason"], "too_large");
+    assert_eq!(letters[2]["reason"], "oversized");
     // One connection throughout: bad frames do not break it.
     assert_eq!(count(&m, "sluice_source_connects_total", "garbage", &[]), 1);
     stop(&mut run).await;
@@ -435,25 +435,37 @@ async fn shutdown_closes_the_connection_promptly_with_a_close_frame() {
 }
 
 #[tokio::test]
-async fn a_message_too_large_to_buffer_breaks_only_the_connection() {
+async fn a_message_over_the_limit_is_skipped_as_it_streams_and_the_connection_goes_on() {
     use tokio::io::AsyncWriteExt;
     let (m, _g) = metrics_recorder();
-    // Connection 1 sends a 17 MiB frame (over 16 MiB, the most ever buffered), connection 2 a
-    // normal message.
-    let (port, _server) = common::serve(|n, mut stream| async move {
+    // One connection: a 17 MiB frame (cursor 2 at its start), then a normal message.
+    let (port, _server) = common::serve(|_, mut stream| async move {
         if common::accept_websocket(&mut stream).await.is_none() {
             return;
         }
-        let payload = if n == 1 { vec![b'x'; 17 * 1024 * 1024] } else { br#"{"seq":1}"#.to_vec() };
-        let _ = stream.write_all(&common::ws_frame(1, &payload)).await;
+        let mut big = br#"{"seq":2,"pad":""#.to_vec();
+        big.resize(17 * 1024 * 1024, b'x');
+        big.extend_from_slice(br#""}"#);
+        for frame in
+            [common::ws_frame(1, br#"{"seq":1}"#), common::ws_frame(1, &big), common::ws_frame(1, br#"{"seq":3}"#)]
+        {
+            let _ = stream.write_all(&frame).await;
+        }
         tokio::time::sleep(Duration::from_secs(30)).await;
     })
     .await;
-    let config = format!("url = \"ws://127.0.0.1:{port}/\"\nbackoff_initial = \"10ms\"");
+    let config =
+        format!("url = \"ws://127.0.0.1:{port}/\"\nbackoff_initial = \"10ms\"\nresume = {{ cursor = \"/seq\" }}");
     let mut run = start("huge", source("huge", &config), None, 8);
-    let events = run.take(1, WITHIN).await;
+    let events = run.take(2, WITHIN).await;
     assert_eq!(events[0].payload, br#"{"seq":1}"#.as_slice());
-    assert_eq!(count(&m, "sluice_source_reconnects_total", "huge", &[("cause", "too_large")]), 1);
+    assert_eq!(events[1].payload, br#"{"seq":3}"#.as_slice());
+    assert_eq!(count(&m, "sluice_source_connects_total", "huge", &[]), 1);
+    assert_eq!(m.counter("sluice_dead_letters_total", &[("component", "huge"), ("reason", "oversized")]), 1);
+    let letters = run.dead_letters();
+    let detail = letters[0]["detail"].as_str().unwrap_or("");
+    assert!(detail.starts_with(&format!("{} bytes", 17 * 1024 * 1024 + 2)), "{detail}");
+    assert!(detail.contains("the cursor moves past it to 2"), "{detail}");
     stop(&mut run).await;
 }
 

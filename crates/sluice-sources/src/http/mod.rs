@@ -64,7 +64,7 @@ pub fn build(name: &str, common: CommonConfig, config: HttpConfig) -> Result<Box
         resume: common.settings.resume.clone(),
         idle_timeout: common.idle_timeout,
         connect_timeout: common.connect_timeout,
-        read_limit: common.read_limit,
+        max_message_bytes: common.settings.max_message_bytes,
     };
     Ok(Box::new(SupervisedSource { transport: Arc::new(transport), settings: common.settings }))
 }
@@ -108,7 +108,8 @@ struct HttpTransport {
     resume: ResumePlan,
     idle_timeout: Option<Duration>,
     connect_timeout: Duration,
-    read_limit: usize,
+    /// Longer lines are skipped as they stream and reported as oversized.
+    max_message_bytes: usize,
 }
 
 impl Transport for HttpTransport {
@@ -169,7 +170,7 @@ impl HttpTransport {
 
     async fn read(&self, response: reqwest::Response, link: &Link) -> Option<(Cause, String)> {
         let mut body = response.bytes_stream();
-        let mut splitter = LineSplitter::new(self.read_limit);
+        let mut splitter = LineSplitter::new(self.max_message_bytes);
         let mut lines = Vec::new();
         let mut last_activity = Instant::now();
         let far = last_activity + Duration::from_secs(86_400 * 365);
@@ -213,7 +214,7 @@ impl HttpTransport {
             for line in lines.drain(..) {
                 let sent = match line {
                     Line::Data(payload) => link.data(payload, None).await,
-                    Line::Oversized { size, prefix } => link.oversized(size, prefix).await,
+                    Line::Oversized { size, prefix } => link.oversized(size as u64, prefix, None).await,
                 };
                 match sent {
                     Sent::Stop => return None,

@@ -7,12 +7,10 @@
 //! (events or `:` keep-alive comments) count as activity for `idle_timeout`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use sluice_flow::{FlowError, Source};
 use tokio::time::Instant;
@@ -20,6 +18,9 @@ use url::Url;
 
 use crate::config::{self, CommonConfig, HeaderTemplate, ResumePlan};
 use crate::supervisor::{Cause, ConnRequest, Link, Sent, SupervisedSource, Transport};
+use parser::{Item, Parser};
+
+mod parser;
 
 /// The `sse` options of `[sources.NAME]` (besides the [`CommonConfig`] ones). Without
 /// `resume.cursor`, the SSE `id:` is the cursor; the cursor is always sent back as
@@ -48,7 +49,7 @@ pub fn build(name: &str, common: CommonConfig, config: SseConfig) -> Result<Box<
         event_types: config.event_types,
         idle_timeout: common.idle_timeout,
         connect_timeout: common.connect_timeout,
-        read_limit: common.read_limit,
+        max_message_bytes: common.settings.max_message_bytes,
     };
     Ok(Box::new(SupervisedSource { transport: Arc::new(transport), settings: common.settings }))
 }
@@ -62,16 +63,8 @@ struct SseTransport {
     event_types: Vec<String>,
     idle_timeout: Option<Duration>,
     connect_timeout: Duration,
-    read_limit: usize,
-}
-
-/// Why the body stream stopped, as seen by the byte counter in front of the SSE parser.
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("{0}")]
-    Http(reqwest::Error),
-    #[error("an event grew past {0} bytes")]
-    TooLarge(usize),
+    /// Events with more data are skipped as they stream and reported as oversized.
+    max_message_bytes: usize,
 }
 
 impl Transport for SseTransport {
@@ -140,87 +133,76 @@ impl SseTransport {
     }
 
     async fn read(&self, response: reqwest::Response, link: &Link) -> Option<(Cause, String)> {
-        let start = Instant::now();
-        // Shared with the byte counter in front of the parser: when bytes last arrived (µs
-        // since `start`) and how many arrived since the last event.
-        let activity = Arc::new(AtomicU64::new(0));
-        let pending = Arc::new(AtomicUsize::new(0));
-        let limit = self.read_limit;
-        let bytes = {
-            let activity = activity.clone();
-            let pending = pending.clone();
-            response.bytes_stream().map_err(BodyError::Http).and_then(move |chunk: Bytes| {
-                activity.store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-                let total = pending.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
-                std::future::ready(if total > limit { Err(BodyError::TooLarge(limit)) } else { Ok(chunk) })
-            })
-        };
-        let mut events = sse_stream::SseByteStream::new(Box::pin(bytes));
-        let far = start + Duration::from_secs(86_400 * 365);
+        let mut body = response.bytes_stream();
+        let mut parser = Parser::new(self.max_message_bytes);
+        let mut items = Vec::new();
+        let mut last_activity = Instant::now();
+        let far = last_activity + Duration::from_secs(86_400 * 365);
         let timer = tokio::time::sleep_until(far);
         tokio::pin!(timer);
         // Created once: registering a fresh waiter per message would cost a lock each time.
         let cancelled = link.cancelled();
         tokio::pin!(cancelled);
         loop {
-            let last_activity = start + Duration::from_micros(activity.load(Ordering::Relaxed));
             let deadline = self.idle_timeout.map(|t| last_activity + t).unwrap_or(far);
-            // Deadlines mostly move later (every message pushes idle_timeout out): the timer is
+            // Deadlines mostly move later (every chunk pushes idle_timeout out): the timer is
             // only moved earlier, or re-armed after it fired, and conditions are checked when
             // it fires.
             if timer.is_elapsed() || deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
             }
-            tokio::select! {
+            let end = tokio::select! {
                 biased;
                 () = &mut cancelled => return None,
-                next = events.next() => match next {
-                    None => return Some((Cause::Closed, "the server ended the stream".into())),
-                    Some(Err(sse_stream::Error::Body(e))) => {
-                        return Some(match e.downcast_ref::<BodyError>() {
-                            Some(BodyError::TooLarge(_)) => (Cause::TooLarge, e.to_string()),
-                            _ => (Cause::Error, e.to_string()),
-                        });
+                chunk = body.next() => match chunk {
+                    Some(Ok(chunk)) => {
+                        last_activity = Instant::now();
+                        parser.push(&chunk, &mut items);
+                        None
                     }
-                    Some(Err(e)) => return Some((Cause::Error, format!("invalid event stream: {e}"))),
-                    Some(Ok(event)) => {
-                        pending.store(0, Ordering::Relaxed);
-                        match self.forward(event, link).await {
-                            Sent::Stop => return None,
-                            Sent::AfterWaiting => activity.store(start.elapsed().as_micros() as u64, Ordering::Relaxed),
-                            Sent::Immediately => {}
-                        }
-                    }
+                    Some(Err(e)) => Some((Cause::Error, crate::http::describe(e))),
+                    None => Some((Cause::Closed, "the server ended the stream".to_owned())),
                 },
                 () = &mut timer => {
-                    let now = Instant::now();
-                    let last_activity = start + Duration::from_micros(activity.load(Ordering::Relaxed));
-                    if let Some(t) = self.idle_timeout
-                        && now >= last_activity + t
-                    {
-                        return Some((Cause::IdleTimeout, format!("nothing received for {t:?}")));
+                    match self.idle_timeout {
+                        Some(t) if Instant::now() >= last_activity + t => {
+                            return Some((Cause::IdleTimeout, format!("nothing received for {t:?}")));
+                        }
+                        _ => None,
                     }
                 }
+            };
+            for item in items.drain(..) {
+                match self.forward(item, link).await {
+                    Sent::Stop => return None,
+                    Sent::AfterWaiting => last_activity = Instant::now(),
+                    Sent::Immediately => {}
+                }
+            }
+            if end.is_some() {
+                return end;
             }
         }
     }
 
-    async fn forward(&self, event: sse_stream::Sse, link: &Link) -> Sent {
-        if let Some(retry) = event.retry {
-            link.retry_hint(Duration::from_millis(retry)).await;
-        }
-        let Some(data) = event.data else {
-            return Sent::Immediately;
-        };
-        if !self.event_types.is_empty() {
-            let kind = event.event.as_deref().filter(|e| !e.is_empty()).unwrap_or("message");
-            if !self.event_types.iter().any(|t| t == kind) {
-                return Sent::Immediately;
+    fn wanted(&self, event: Option<&str>) -> bool {
+        let kind = event.unwrap_or("message");
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == kind)
+    }
+
+    async fn forward(&self, item: Item, link: &Link) -> Sent {
+        match item {
+            Item::Retry(ms) => {
+                link.retry_hint(Duration::from_millis(ms)).await;
+                Sent::Immediately
             }
+            // Only an explicit, non-empty id on this event is its cursor (an empty `id:` resets
+            // the last event id; an id with NUL is ignored, as the SSE spec says).
+            Item::Event { data, id, event } if self.wanted(event.as_deref()) => link.data(data, id).await,
+            Item::Oversized { size, prefix, id, event } if self.wanted(event.as_deref()) => {
+                link.oversized(size, prefix, id).await
+            }
+            Item::Event { .. } | Item::Oversized { .. } => Sent::Immediately,
         }
-        // Only an explicit, non-empty id on this event is its cursor (an empty `id:` resets the
-        // last event id; an id with NUL is ignored, as the SSE spec says).
-        let id = event.id.filter(|id| !id.is_empty() && !id.contains('\0'));
-        link.data(Bytes::from(data), id).await
     }
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use sluice_flow::{DeadLetters, Event};
 
 use super::rotation::Counts;
-use crate::config::Settings;
+use crate::config::{CursorType, Settings};
 use crate::cursor::{CursorOrder, Pointer, Verdict, parse_int};
 use crate::dedup::{DedupKey, DedupWindow};
 use crate::gaps::{Gap, GapTracker, Seen};
@@ -32,12 +32,21 @@ pub(crate) enum Checked {
     Unusable { reason: &'static str, detail: String },
 }
 
+/// How much of an oversized message is kept in the dead-letter file.
+pub(crate) const KEPT_PREFIX: usize = 64 * 1024;
+
 /// A received message, checked, on its way through the slot to [`Admission::admit`].
 #[derive(Debug)]
 pub(crate) struct Message {
     pub payload: Bytes,
     pub checked: Checked,
     pub received_ms: u64,
+}
+
+impl Message {
+    pub(crate) fn is_usable(&self) -> bool {
+        matches!(self.checked, Checked::Usable(_))
+    }
 }
 
 pub(crate) struct Admission {
@@ -63,6 +72,10 @@ pub(crate) struct Admission {
     started: Instant,
     /// Duplicates since the last forwarded event.
     duplicate_run: u64,
+    /// What cursors must be (`None` until the first one is seen, unless configured).
+    cursor_type: Option<CursorType>,
+    /// Where `cursor_type` came from (for the log and dead-letter details).
+    cursor_type_from: String,
 }
 
 impl Admission {
@@ -73,12 +86,31 @@ impl Admission {
         settings: &Settings,
         resume_cursor: Option<String>,
     ) -> Admission {
+        let (cursor_type, cursor_type_from) = match (settings.resume.cursor_type, resume_cursor.as_deref()) {
+            (Some(t), _) => (Some(t), "resume.cursor_type".to_owned()),
+            (None, Some(c)) => (Some(CursorType::infer(c)), format!("inferred from the spool's cursor {c:?}")),
+            (None, None) => (None, String::new()),
+        };
+        // A cursor the configured type refuses cannot be resumed from as such.
+        if let Some(c) = resume_cursor.as_deref()
+            && !type_fits(cursor_type, c)
+        {
+            tracing::warn!(
+                source = name,
+                cursor = c,
+                "the spool's cursor is not an integer (resume.cursor_type); resuming from it as is"
+            );
+        }
+        let integers = cursor_type != Some(CursorType::String);
         let dedup = settings.dedup.as_ref().map(|plan| (plan.key.clone(), DedupWindow::new(plan)));
-        let order = dedup.is_none().then(|| CursorOrder::new(resume_cursor.as_deref()));
+        let order = dedup.is_none().then(|| CursorOrder::new(resume_cursor.as_deref(), integers));
         let gaps = settings.gaps.enabled.then(|| {
             // The spool's cursor is where a cursor-based sequence continues.
-            let high =
-                if settings.gaps.pointer.is_none() { resume_cursor.as_deref().and_then(parse_int) } else { None };
+            let high = if settings.gaps.pointer.is_none() && integers {
+                resume_cursor.as_deref().and_then(parse_int)
+            } else {
+                None
+            };
             let wait_ms = u64::try_from(settings.gaps.wait.as_millis()).unwrap_or(u64::MAX);
             (settings.gaps.pointer.clone(), GapTracker::new(high, wait_ms))
         });
@@ -93,12 +125,14 @@ impl Admission {
             dedup,
             gaps,
             due: Vec::new(),
-            latest_int: resume_cursor.as_deref().and_then(parse_int),
+            latest_int: resume_cursor.as_deref().filter(|_| integers).and_then(parse_int),
             resume_cursor,
             latest_cursor: None,
             last_forward: None,
             started: Instant::now(),
             duplicate_run: 0,
+            cursor_type,
+            cursor_type_from,
         }
     }
 
@@ -166,18 +200,59 @@ impl Admission {
     fn check_payload(&self, payload: &[u8], hint: Option<String>) -> Checked {
         if payload.len() > self.max_message_bytes {
             let detail = format!("{} bytes, more than max_message_bytes = {}", payload.len(), self.max_message_bytes);
-            return Checked::Unusable { reason: "too_large", detail };
+            return Checked::Unusable { reason: "oversized", detail };
         }
-        match &self.pointer {
+        let cursor = match &self.pointer {
             Some(pointer) => match crate::cursor::extract(pointer, payload) {
-                Ok(cursor) => Checked::Usable(cursor),
-                Err(e) => Checked::Unusable {
-                    reason: "invalid_json",
-                    detail: format!("not JSON, so no cursor can be read: {e}"),
-                },
+                Ok(cursor) => cursor,
+                Err(e) => {
+                    return Checked::Unusable {
+                        reason: "invalid_json",
+                        detail: format!("not JSON, so no cursor can be read: {e}"),
+                    };
+                }
             },
-            None => Checked::Usable(hint),
+            None => hint,
+        };
+        match cursor.as_deref().map(|c| self.bad_cursor(c)) {
+            Some(Some(detail)) => Checked::Unusable { reason: "bad_cursor", detail },
+            _ => Checked::Usable(cursor),
         }
+    }
+
+    /// Why `cursor` does not fit the cursor type (`None`: it fits, or no type is known yet).
+    fn bad_cursor(&self, cursor: &str) -> Option<String> {
+        if type_fits(self.cursor_type, cursor) {
+            return None;
+        }
+        let at = self.pointer.as_ref().map(|p| format!(" at {:?}", p.as_str())).unwrap_or_default();
+        let latest = self.resume_cursor();
+        Some(format!(
+            "cursor {cursor:?}{at} is not an integer (resume.cursor_type = \"integer\", {}); the cursor stays at {}",
+            self.cursor_type_from,
+            latest.as_deref().unwrap_or("(none yet)")
+        ))
+    }
+
+    /// Learns the cursor type from the first cursor, when not configured.
+    fn learn_type(&mut self, cursor: &str) {
+        if self.cursor_type.is_none() {
+            let t = CursorType::infer(cursor);
+            self.cursor_type = Some(t);
+            self.cursor_type_from = format!("inferred from the first cursor {cursor:?}");
+            if t == CursorType::String {
+                // Cursors are opaque from now on.
+                if let Some(order) = self.order.as_mut() {
+                    order.opaque();
+                }
+            }
+            tracing::info!(source = %self.name, cursor_type = t.as_str(), first = cursor, "cursor type inferred from the first cursor; resume.cursor_type sets it explicitly");
+        }
+    }
+
+    /// A cursor's integer value, unless cursors are strings.
+    fn int_of(&self, cursor: &str) -> Option<i128> {
+        if self.cursor_type == Some(CursorType::String) { None } else { parse_int(cursor) }
     }
 
     /// Counts what a rotation step dropped or could not align.
@@ -205,6 +280,14 @@ impl Admission {
             }
             Checked::Usable(cursor) => cursor,
         };
+        if let Some(c) = cursor.as_deref() {
+            // Checked again: held messages were checked before the type was learnt.
+            if let Some(detail) = self.bad_cursor(c) {
+                self.dead_letter("bad_cursor", &detail, &payload);
+                return;
+            }
+            self.learn_type(c);
+        }
         if let Some((key, window)) = self.dedup.as_mut() {
             match key.of(&payload) {
                 Some(k) if !window.admit(k, received_ms) => {
@@ -225,15 +308,7 @@ impl Admission {
         }
         self.observe_gaps(&payload, cursor.as_deref(), received_ms);
         if let Some(c) = cursor {
-            match parse_int(&c) {
-                Some(n) if self.latest_int.is_some_and(|l| n <= l) => {}
-                Some(n) => {
-                    self.latest_int = Some(n);
-                    self.metrics.cursor.set(n as f64);
-                    self.latest_cursor = Some(c);
-                }
-                None => self.latest_cursor = Some(c),
-            }
+            self.advance(c);
         }
         self.duplicate_run = 0;
         self.metrics.messages.increment(1);
@@ -242,11 +317,25 @@ impl Admission {
         out.push(Event { payload, cursor: self.resume_cursor(), received_ms });
     }
 
+    /// Moves the resume position to `c` (an integer cursor only forwards).
+    fn advance(&mut self, c: String) {
+        match self.int_of(&c) {
+            Some(n) if self.latest_int.is_some_and(|l| n <= l) => {}
+            Some(n) => {
+                self.latest_int = Some(n);
+                self.metrics.cursor.set(n as f64);
+                self.latest_cursor = Some(c);
+            }
+            None => self.latest_cursor = Some(c),
+        }
+    }
+
     fn observe_gaps(&mut self, payload: &[u8], cursor: Option<&str>, now_ms: u64) {
+        let cursor_int = cursor.and_then(|c| self.int_of(c));
         let Some((pointer, tracker)) = self.gaps.as_mut() else { return };
         let value = match pointer {
             Some(p) => crate::cursor::extract(p, payload).ok().flatten().as_deref().and_then(parse_int),
-            None => cursor.and_then(parse_int),
+            None => cursor_int,
         };
         if let Some(v) = value
             && tracker.observe(v, now_ms, &mut self.due) == Seen::Fill
@@ -284,20 +373,84 @@ impl Admission {
         }
     }
 
-    /// A message the transport could not keep (an NDJSON line over the limit): dead-letter
-    /// what was kept of it.
-    pub(crate) fn oversized(&mut self, size: usize, prefix: &[u8]) {
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// A message over `max_message_bytes`, read and discarded by the transport (or too big
+    /// here): dead-letters what was kept of its beginning, with its real size. When its cursor
+    /// can be read from that beginning (or the transport's `hint`) and is new, the resume
+    /// position moves past it, so a provider that replays from the cursor does not send it
+    /// again. Returns whether it did.
+    pub(crate) fn oversized(&mut self, size: u64, prefix: &[u8], hint: Option<String>) -> bool {
+        let prefix = &prefix[..prefix.len().min(KEPT_PREFIX)];
+        let cursor = match &self.pointer {
+            Some(p) => cursor_in_prefix(p, prefix),
+            None => hint,
+        };
+        let usable = cursor.filter(|c| type_fits(self.cursor_type, c));
+        let new = usable.as_deref().is_some_and(|c| self.is_new(c));
+        let what = match (&usable, new) {
+            (Some(c), true) => format!("the cursor moves past it to {c}"),
+            (Some(c), false) => format!("its cursor {c} is not after the current one; the cursor stays"),
+            (None, _) => format!(
+                "no usable cursor in its first {} bytes, so the cursor stays at {}",
+                prefix.len(),
+                self.resume_cursor().as_deref().unwrap_or("(none yet)")
+            ),
+        };
         let detail = format!(
-            "{size} bytes, more than max_message_bytes = {}; only the first {} bytes are kept here",
+            "{size} bytes, more than max_message_bytes = {}; only the first {} bytes are kept here; {what}",
             self.max_message_bytes,
             prefix.len()
         );
-        self.dead_letter("too_large", &detail, prefix);
+        self.dead_letter("oversized", &detail, prefix);
+        match usable {
+            Some(c) if new => {
+                self.learn_type(&c);
+                if let Some(order) = self.order.as_mut() {
+                    order.check(&c);
+                }
+                let received_ms = sluice_flow::now_ms();
+                self.observe_gaps(&[], Some(&c), received_ms);
+                self.advance(c);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `cursor` is after the resume position (a non-integer one: not a recent one).
+    fn is_new(&self, cursor: &str) -> bool {
+        match (self.int_of(cursor), self.latest_int) {
+            (Some(n), Some(l)) => n > l,
+            (Some(_), None) => true,
+            (None, _) => self.latest_cursor.as_deref() != Some(cursor),
+        }
     }
 
     fn dead_letter(&self, reason: &str, detail: &str, payload: &[u8]) {
         self.metrics.dead_lettered.increment(1);
         self.dead_letters.write(reason, detail, payload);
+    }
+}
+
+/// Whether `cursor` fits `t` (anything fits before the type is known).
+fn type_fits(t: Option<CursorType>, cursor: &str) -> bool {
+    t != Some(CursorType::Integer) || parse_int(cursor).is_some()
+}
+
+/// The cursor in the kept beginning of an oversized message, when it lies wholly within it.
+fn cursor_in_prefix(pointer: &Pointer, prefix: &[u8]) -> Option<String> {
+    let found = pointer.find_early(prefix).ok()??;
+    match found {
+        sluice_core::json_pointer::Found::Str(s) => Some(s.into_owned()),
+        sluice_core::json_pointer::Found::Number(n) => {
+            // A number running to the end of the prefix may have been cut.
+            let end = n.as_ptr() as usize + n.len();
+            (end < prefix.as_ptr() as usize + prefix.len()).then(|| n.to_owned())
+        }
+        _ => None,
     }
 }
 
@@ -326,6 +479,7 @@ mod tests {
                 url: None,
                 initial: None,
                 check_gaps: true,
+                cursor_type: None,
             },
             max_message_bytes: 64,
             replicas: 1,
@@ -394,7 +548,7 @@ mod tests {
         assert!(h.forwarded("not json").is_empty());
         assert!(h.forwarded(&format!("{{\"seq\":1,\"pad\":\"{}\"}}", "x".repeat(80))).is_empty());
         assert_eq!(h.forwarded(&seq(1)), [seq(1)]);
-        assert_eq!(h.dead_letter_reasons(), ["invalid_json", "too_large"]);
+        assert_eq!(h.dead_letter_reasons(), ["invalid_json", "oversized"]);
     }
 
     #[test]
@@ -436,5 +590,72 @@ mod tests {
         assert!(h.forwarded("a").is_empty());
         assert_eq!(h.forwarded("c"), ["c"]);
         assert_eq!(h.a.history_wanted().map(|(n, _)| n), Some(1000));
+    }
+
+    fn with_type(t: Option<CursorType>) -> Settings {
+        let mut s = settings(Some("/seq"), None, Duration::ZERO);
+        s.resume.cursor_type = t;
+        s
+    }
+
+    #[test]
+    fn a_cursor_of_another_type_is_dead_lettered_and_does_not_move_the_cursor() {
+        let mut h = harness(with_type(None), None);
+        assert_eq!(h.forwarded(&seq(1)), [seq(1)]);
+        assert!(h.forwarded(r#"{"seq":"bin?"}"#).is_empty());
+        assert_eq!(h.a.resume_cursor().as_deref(), Some("1"));
+        assert_eq!(h.forwarded(&seq(2)), [seq(2)]);
+        // A string of digits is an integer; a float is not.
+        assert_eq!(h.forwarded(r#"{"seq":"3"}"#).len(), 1);
+        assert!(h.forwarded(r#"{"seq":3.5}"#).is_empty());
+        assert_eq!(h.a.resume_cursor().as_deref(), Some("3"));
+        assert_eq!(h.dead_letter_reasons(), ["bad_cursor", "bad_cursor"]);
+        // Messages without a cursor are not affected.
+        assert_eq!(h.forwarded(r#"{"type":"ack"}"#).len(), 1);
+    }
+
+    #[test]
+    fn the_type_is_inferred_from_the_spools_cursor_or_configured() {
+        let mut h = harness(with_type(None), Some("41"));
+        assert!(h.forwarded(r#"{"seq":"abc"}"#).is_empty());
+        assert_eq!(h.forwarded(&seq(42)), [seq(42)]);
+        // Explicit integer from the start.
+        let mut h = harness(with_type(Some(CursorType::Integer)), None);
+        assert!(h.forwarded(r#"{"seq":"abc"}"#).is_empty());
+        assert_eq!(h.a.resume_cursor(), None);
+        // Strings first: anything goes, and cursors are opaque (no integer order).
+        let mut h = harness(with_type(None), None);
+        assert_eq!(h.forwarded(r#"{"seq":"b"}"#).len(), 1);
+        assert_eq!(h.forwarded(r#"{"seq":"9"}"#).len(), 1);
+        assert_eq!(h.forwarded(r#"{"seq":"5"}"#).len(), 1, "not below 9: strings have no order");
+        assert_eq!(h.a.resume_cursor().as_deref(), Some("5"));
+        assert!(h.dead_letter_reasons().is_empty());
+    }
+
+    #[test]
+    fn an_oversized_message_moves_the_cursor_when_its_beginning_holds_it() {
+        let mut h = harness(settings(Some("/seq"), None, Duration::ZERO), None);
+        assert_eq!(h.forwarded(&seq(1)), [seq(1)]);
+        // The cursor in the kept beginning: the resume position moves past the message, and
+        // no gap is counted for it.
+        assert!(h.a.oversized(20_000_000, br#"{"seq":2,"pad":"xxxx"#, None));
+        assert_eq!(h.a.resume_cursor().as_deref(), Some("2"));
+        assert_eq!(h.a.gaps.as_ref().map(|(_, t)| t.high()), Some(Some(2)), "seen by the gap tracker");
+        assert_eq!(h.forwarded(&seq(3)), [seq(3)]);
+        // Not readable: cut inside the number, or after the kept bytes.
+        assert!(!h.a.oversized(20_000_000, br#"{"seq":4"#, None));
+        assert!(!h.a.oversized(20_000_000, br#"{"pad":"xxxx"#, None));
+        // Not new, or not an integer.
+        assert!(!h.a.oversized(20_000_000, br#"{"seq":2,"#, None));
+        assert!(!h.a.oversized(20_000_000, br#"{"seq":"x","#, None));
+        assert_eq!(h.a.resume_cursor().as_deref(), Some("3"));
+        let text = std::fs::read_to_string(h.dir.path().join("t.ndjson")).unwrap_or_default();
+        let letters: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        assert_eq!(letters.len(), 5);
+        assert!(letters.iter().all(|l| l["reason"] == "oversized"));
+        let detail = letters[0]["detail"].as_str().unwrap_or("");
+        assert!(detail.starts_with("20000000 bytes, more than max_message_bytes = 64;"), "{detail}");
+        assert!(detail.contains("the cursor moves past it to 2"), "{detail}");
+        assert!(letters[1]["detail"].as_str().unwrap_or("").contains("the cursor stays at 3"));
     }
 }

@@ -66,8 +66,6 @@ pub(crate) enum Cause {
     Rotation,
     /// Could not be opened (TCP, TLS, HTTP status, WebSocket upgrade, timeout).
     HandshakeFailed,
-    /// A message too big to even buffer.
-    TooLarge,
 }
 
 impl Cause {
@@ -79,7 +77,6 @@ impl Cause {
             Cause::PongTimeout => "pong_timeout",
             Cause::Rotation => "rotation",
             Cause::HandshakeFailed => "handshake_failed",
-            Cause::TooLarge => "too_large",
         }
     }
 }
@@ -92,8 +89,10 @@ pub(crate) enum ConnEvent {
     /// One message. `hint` is a transport-level cursor (the SSE `id:`), used when no JSON
     /// pointer is configured.
     Data { id: ConnId, payload: Bytes, hint: Option<String>, received_ms: u64 },
-    /// A message the transport dropped as too large; `prefix` is what it kept of it.
-    Oversized { size: usize, prefix: Bytes },
+    /// A message over `max_message_bytes` that the transport read and discarded as it
+    /// streamed; `size` is its real size and `prefix` what it kept of its beginning; `hint` as
+    /// for `Data`.
+    Oversized { id: ConnId, size: u64, prefix: Bytes, hint: Option<String> },
     /// The provider asked for this reconnect delay (SSE `retry:`).
     RetryHint { id: ConnId, delay: Duration },
     /// The connection is over (or never opened).
@@ -153,8 +152,8 @@ impl Link {
         self.send(ConnEvent::Data { id: self.id, payload, hint, received_ms }).await
     }
 
-    pub(crate) async fn oversized(&self, size: usize, prefix: Bytes) -> Sent {
-        self.send(ConnEvent::Oversized { size, prefix }).await
+    pub(crate) async fn oversized(&self, size: u64, prefix: Bytes, hint: Option<String>) -> Sent {
+        self.send(ConnEvent::Oversized { id: self.id, size, prefix, hint }).await
     }
 
     pub(crate) async fn retry_hint(&self, delay: Duration) {
@@ -208,6 +207,20 @@ const BATCH: usize = 256;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often alarms, gap deadlines and gauges are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// `cursor_stuck` is raised after this many connections in a row ended on unusable messages
+/// without moving the cursor.
+const STUCK_AFTER: u32 = 3;
+
+impl Conn {
+    /// Notes a message this connection sent: usable (it delivered) or dead-lettered.
+    fn note(&mut self, usable: bool) {
+        if usable {
+            self.delivered = true;
+        } else {
+            self.unusable += 1;
+        }
+    }
+}
 
 /// One connection (attempt).
 struct Conn {
@@ -216,8 +229,12 @@ struct Conn {
     join: JoinHandle<()>,
     opened: Instant,
     up_since: Option<Instant>,
-    /// It delivered at least one message (so its end is no failure to back off from).
+    /// It delivered at least one usable message (so its end is no failure to back off from).
     delivered: bool,
+    /// The cursor it resumed after.
+    start_cursor: Option<String>,
+    /// Messages it sent that were dead-lettered (oversized, bad cursor, not JSON).
+    unusable: u64,
 }
 
 /// One replica: a connection kept alive, rotated, and reconnected on its own.
@@ -308,6 +325,8 @@ pub(crate) async fn run<T: Transport>(
         next_id: 1,
         retired: Vec::new(),
         batch: Vec::new(),
+        stuck_runs: 0,
+        stuck_at: None,
     };
     tracing::info!(
         source = %sup.name, kind = sup.transport.kind(), endpoint = sup.transport.endpoint(), replicas,
@@ -408,6 +427,10 @@ struct Supervisor<T> {
     retired: Vec<JoinHandle<()>>,
     /// Messages a replica passed on, on their way to the admission (reused).
     batch: Vec<Message>,
+    /// Connections in a row that ended with unusable messages and without moving the cursor.
+    stuck_runs: u32,
+    /// The cursor the `cursor_stuck` alarm is up for.
+    stuck_at: Option<Option<String>>,
 }
 
 impl<T: Transport> Supervisor<T> {
@@ -416,7 +439,8 @@ impl<T: Transport> Supervisor<T> {
         self.next_id += 1;
         let cancel = CancellationToken::new();
         let link = Link { id, tx: self.tx.clone(), cancel: cancel.clone() };
-        let req = ConnRequest { cursor: self.admission.resume_cursor(), link };
+        let start_cursor = self.admission.resume_cursor();
+        let req = ConnRequest { cursor: start_cursor.clone(), link };
         let connection = std::panic::AssertUnwindSafe(self.transport.clone().run_connection(req));
         let (tx, token) = (self.tx.clone(), cancel.clone());
         let join = tokio::spawn(async move {
@@ -428,7 +452,16 @@ impl<T: Transport> Supervisor<T> {
             // After everything the connection sent: a rotation stops waiting for its copies.
             let _ = tx.send(ConnEvent::Gone { id }).await;
         });
-        Conn { id, _close_on_drop: cancel.drop_guard(), join, opened: Instant::now(), up_since: None, delivered: false }
+        Conn {
+            id,
+            _close_on_drop: cancel.drop_guard(),
+            join,
+            opened: Instant::now(),
+            up_since: None,
+            delivered: false,
+            start_cursor,
+            unusable: 0,
+        }
     }
 
     fn open_primary(&mut self, r: usize) {
@@ -488,8 +521,17 @@ impl<T: Transport> Supervisor<T> {
     fn handle(&mut self, event: ConnEvent, out: &mut Vec<Event>) {
         match event {
             ConnEvent::Up { id, detail } => self.on_up(id, &detail),
+            ConnEvent::Data { id, payload, hint, received_ms: _ }
+                if payload.len() > self.admission.max_message_bytes() =>
+            {
+                // A transport that could not skip it as it streamed: the same as if it had.
+                let size = payload.len() as u64;
+                let prefix = payload.slice(..payload.len().min(admission::KEPT_PREFIX));
+                self.handle(ConnEvent::Oversized { id, size, prefix, hint }, out);
+            }
             ConnEvent::Data { id, payload, hint, received_ms } => {
                 let (fp, message) = self.admission.check(payload, hint, received_ms);
+                let usable = message.is_usable();
                 let mut passed = std::mem::take(&mut self.batch);
                 let switch = match self.find(id) {
                     Some((r, role)) => {
@@ -497,13 +539,13 @@ impl<T: Transport> Supervisor<T> {
                         let switch = match role {
                             Role::Primary => {
                                 if let Some(c) = slot.primary.as_mut() {
-                                    c.delivered = true;
+                                    c.note(usable);
                                 }
                                 slot.rotation.on_current(fp, message, &mut passed)
                             }
                             Role::Standby => {
                                 if let Some(c) = slot.standby.as_mut() {
-                                    c.delivered = true;
+                                    c.note(usable);
                                 }
                                 slot.rotation.on_new(fp, message)
                             }
@@ -536,7 +578,16 @@ impl<T: Transport> Supervisor<T> {
                     self.switch_to_standby(r, why, out);
                 }
             }
-            ConnEvent::Oversized { size, prefix } => self.admission.oversized(size, &prefix),
+            ConnEvent::Oversized { id, size, prefix, hint } => {
+                self.admission.oversized(size, &prefix, hint);
+                if let Some((r, role)) = self.find(id) {
+                    let slot = &mut self.slots[r];
+                    let conn = if role == Role::Standby { slot.standby.as_mut() } else { slot.primary.as_mut() };
+                    if let Some(c) = conn.filter(|c| c.id == id) {
+                        c.note(false);
+                    }
+                }
+            }
             ConnEvent::RetryHint { id, delay } => {
                 // SSE `retry:` sets the next delay of the replica whose connection sent it.
                 if let Some((r, _)) = self.find(id) {
@@ -634,6 +685,7 @@ impl<T: Transport> Supervisor<T> {
                 let Some(conn) = self.slots[r].primary.take() else { return };
                 let up_for = conn.up_since.map(|t| now.duration_since(t));
                 let delivered = conn.delivered;
+                self.watch_stuck(&conn);
                 self.admission.metrics().reconnect(cause);
                 self.retire(conn);
                 let standby_up = self.slots[r].standby.as_ref().map(|s| s.up_since.is_some());
@@ -743,7 +795,40 @@ impl<T: Transport> Supervisor<T> {
         }
     }
 
+    /// Counts connections that ended on unusable messages without moving the cursor; after
+    /// `STUCK_AFTER` in a row, raises `cursor_stuck` (their reconnects already back off, as
+    /// they delivered nothing usable).
+    fn watch_stuck(&mut self, conn: &Conn) {
+        let cursor = self.admission.resume_cursor();
+        if cursor != conn.start_cursor {
+            self.stuck_runs = 0;
+            return;
+        }
+        if conn.unusable == 0 {
+            return;
+        }
+        self.stuck_runs += 1;
+        if self.stuck_runs >= STUCK_AFTER {
+            let shown = cursor.as_deref().unwrap_or("(none yet)");
+            let detail = format!(
+                "{} connections in a row ended after unusable messages without moving the cursor past {shown} \
+                 (an oversized message whose cursor is not in its first bytes, replayed on every resume?); \
+                 see the dead-letter file",
+                self.stuck_runs
+            );
+            self.alarms.cursor_stuck(true, detail);
+            self.stuck_at = Some(cursor);
+        }
+    }
+
     fn on_tick(&mut self) {
+        if let Some(at) = &self.stuck_at
+            && self.admission.resume_cursor() != *at
+        {
+            self.stuck_at = None;
+            self.stuck_runs = 0;
+            self.alarms.cursor_stuck(false, String::new());
+        }
         let silent_for = self.admission.silent_for();
         self.admission.metrics().last_message_age.set(silent_for.as_secs_f64());
         self.admission.expire_gaps();

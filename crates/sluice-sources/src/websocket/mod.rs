@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::config::{self, CommonConfig, Escape, HeaderTemplate, HeartbeatConfig, Messages, ResumePlan, Template};
 use crate::supervisor::{Cause, ConnRequest, Link, Sent, SupervisedSource, Transport};
-use client::{WsConnection, WsConnector, WsError, WsIncoming, WsOutgoing, WsTarget, YawcConnector};
+use client::{ReqwestConnector, WsConnection, WsConnector, WsIncoming, WsOutgoing, WsTarget};
 
 /// The `websocket` options of `[sources.NAME]` (besides the [`CommonConfig`] ones).
 #[derive(Debug, Clone, Deserialize)]
@@ -59,7 +59,8 @@ const SCHEMES: &[&str] = &["ws", "wss"];
 
 /// Checks the options and returns the source.
 pub fn build(name: &str, common: CommonConfig, config: WebSocketConfig) -> Result<Box<dyn Source>, FlowError> {
-    build_with(name, common, config, Arc::new(YawcConnector))
+    let client = crate::http::client(name, common.connect_timeout)?;
+    build_with(name, common, config, Arc::new(ReqwestConnector { client }))
 }
 
 pub(crate) fn build_with(
@@ -94,7 +95,7 @@ pub(crate) fn build_with(
         heartbeat,
         idle_timeout: common.idle_timeout,
         connect_timeout: common.connect_timeout,
-        read_limit: common.read_limit,
+        max_message_bytes: common.settings.max_message_bytes,
     };
     Ok(Box::new(SupervisedSource { transport: Arc::new(transport), settings: common.settings }))
 }
@@ -112,7 +113,8 @@ struct WsTransport {
     heartbeat: Option<(String, Duration)>,
     idle_timeout: Option<Duration>,
     connect_timeout: Duration,
-    read_limit: usize,
+    /// Larger messages are skipped as they stream and reported as oversized.
+    max_message_bytes: usize,
 }
 
 impl Transport for WsTransport {
@@ -152,7 +154,7 @@ impl WsTransport {
             url,
             headers: config::fill_headers(&self.headers, cursor),
             compression: self.compression,
-            max_message_bytes: self.read_limit,
+            max_message_bytes: self.max_message_bytes,
         };
         let deadline = Instant::now() + self.connect_timeout;
         let connecting = tokio::time::timeout_at(deadline, self.client.connect(target));
@@ -223,13 +225,25 @@ impl WsTransport {
                     // Text and binary alike become events, byte for byte.
                     let payload = match frame {
                         Ok(WsIncoming::Text(p) | WsIncoming::Binary(p)) => p,
-                        Ok(WsIncoming::Ping | WsIncoming::Pong) => continue,
+                        Ok(WsIncoming::Pong) => continue,
+                        Ok(WsIncoming::Ping(payload)) => {
+                            if let Err(e) = self.send_bounded(conn, WsOutgoing::Pong(payload)).await {
+                                return Some(e);
+                            }
+                            continue;
+                        }
+                        Ok(WsIncoming::Oversized { size, prefix }) => {
+                            last_data = now;
+                            match link.oversized(size, prefix, None).await {
+                                Sent::Immediately => {}
+                                Sent::AfterWaiting => last_data = Instant::now(),
+                                Sent::Stop => return None,
+                            }
+                            continue;
+                        }
                         Ok(WsIncoming::Close { code, reason }) => {
                             let code = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
                             return Some((Cause::Closed, format!("close frame, code {code}, reason {reason:?}")));
-                        }
-                        Err(WsError::TooLarge) => {
-                            return Some((Cause::TooLarge, format!("a message exceeded {} bytes (4 × max_message_bytes, at least 16 MiB)", self.read_limit)));
                         }
                         Err(e) => return Some((Cause::Error, e.to_string())),
                     };
