@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -223,7 +224,7 @@ impl ShardLog {
             }
         }
         segs.sort_unstable();
-        let (mut hwm, mark) = HwmFile::open(&dir)?;
+        let (hwm, mark) = HwmFile::open(&dir)?;
 
         // Pass 1: what is there.
         let mut found: Vec<Found> = Vec::with_capacity(segs.len());
@@ -375,19 +376,26 @@ impl ShardLog {
             }
             _ => {}
         }
-        let reserved = match mark {
-            Some(Mark { value, exact: false }) => value.max(next_ordinal),
-            _ => next_ordinal,
-        };
-        hwm.write_durably(Mark { value: reserved, exact: false })?;
-        let jumped = next_ordinal > natural;
+        if next_ordinal > natural {
+            // The skip is made durable at once by starting the next segment at the new
+            // ordinal (its header records where the log really ended), so that a restart
+            // before any append neither reuses nor re-reports anything.
+            let path: Arc<Path> = dir.join(segment_file_name(next_ordinal)).into();
+            let mut file =
+                OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).map_err(at(&path))?;
+            file.write_all(&segment_header(next_ordinal, natural - 1))
+                .and_then(|()| file.sync_all())
+                .map_err(at(&path))?;
+            sync_dir(&dir)?;
+            let s = segment::scan_segment(&file, &path)?;
+            kept.push(Found { first: next_ordinal, path, file, s, trusted: false });
+        }
 
         // Seal what recovery scanned and is not the active segment, so the next startup can
         // skip it.
         let last_idx = kept.len().checked_sub(1);
         for (i, k) in kept.iter().enumerate() {
-            let active = Some(i) == last_idx && !jumped;
-            if !active && !k.trusted && k.s.records > 0 {
+            if Some(i) != last_idx && !k.trusted && k.s.records > 0 {
                 let s = &k.s;
                 let info = SidecarInfo {
                     seg_len: s.valid_len,
@@ -435,10 +443,6 @@ impl ShardLog {
                 });
             }
         }
-        if jumped {
-            // Ordinals after the skip start a new segment, whose header records the skip.
-            active = None;
-        }
         let last_arrival = segments.back().map(|s: &Segment| s.last_arrival);
         let writer = WriterShard {
             dir: dir.clone(),
@@ -448,7 +452,10 @@ impl ShardLog {
             last_arrival: last_arrival.unwrap_or(0),
             cursor,
             hwm,
-            reserved,
+            // The first group writes a reservation whatever the file says: an exact mark
+            // left by a clean shutdown stops being true at the first append.
+            reserved: 0,
+            disk_mark: mark,
             reserving: None,
             in_group: false,
             saved: None,
@@ -837,9 +844,15 @@ impl ShardLog {
     /// whether records are missing at the end).
     pub(crate) fn mark_clean(&self) {
         let mut w = lock(&self.writer);
-        let value = w.next_ordinal;
-        if let Err(e) = w.hwm.write_durably(Mark { value, exact: true }) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "could not record the high-water mark at shutdown");
+        let mark = Mark { value: w.next_ordinal, exact: true };
+        if w.disk_mark == Some(mark) {
+            return; // idle since a clean start: nothing to write
+        }
+        match w.hwm.write_durably(mark) {
+            Ok(()) => w.disk_mark = Some(mark),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "could not record the high-water mark at shutdown")
+            }
         }
     }
 }
@@ -894,6 +907,8 @@ pub(crate) struct WriterShard {
     hwm: HwmFile,
     /// No ordinal at or above this has been handed out (durably promised).
     reserved: u64,
+    /// The mark the file holds (as far as this writer knows).
+    disk_mark: Option<Mark>,
     /// A reservation written in the current group, effective once it commits.
     reserving: Option<u64>,
     /// Whether the shard is part of the current group.
@@ -1107,6 +1122,7 @@ impl WriterShard {
         }
         if let Some(r) = self.reserving.take() {
             self.reserved = r;
+            self.disk_mark = Some(Mark { value: r, exact: false });
         }
         self.saved = None;
         self.end_group();
