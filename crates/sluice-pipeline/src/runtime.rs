@@ -24,7 +24,7 @@ use sluice_storage::StorageError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::spool::{DispatchMark, SinkState, Spool, SpoolHistory, SpoolOptions, Watermark};
+use crate::spool::{DispatchMark, SinkState, Spool, SpoolHistory, SpoolOptions, Watermark, skipped_by_read};
 
 /// How often the keeper trims the spools.
 const KEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -89,6 +89,9 @@ pub struct SinkStatus {
     /// Records that may be delivered a second time because they were handed out before the
     /// last stop but not acknowledged.
     pub redelivered: u64,
+    /// Spool ordinals its reads passed over since start (damaged records, ordinals a recovery
+    /// never used): done without delivery.
+    pub skipped: u64,
 }
 
 /// One raised alarm of one component, as `/health` lists it.
@@ -220,6 +223,7 @@ pub fn start(
             SinkState::load(&state_dir, &spec.name).map_err(|e| StorageError::io(state_dir.join(&spec.name), e))?;
         let (rec_tx, rec_rx) = mpsc::channel::<Record>(4096);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Ack>();
+        let (skip_tx, skip_rx) = mpsc::unbounded_channel::<Skipped>();
         let mut marks = Vec::new();
         let mut sink_status = SinkStatus::default();
         let progress = Arc::new(SinkProgress::default());
@@ -246,9 +250,11 @@ pub fn start(
             marks.push(Mark { input: input.clone(), watermark: Watermark::new(done) });
             let source = FeederInput {
                 spool: spool.clone(),
+                sink: spec.name.clone(),
                 input: input.clone(),
                 index: i as u64,
                 alarms: boards.iter().find(|(n, _)| n == input).map(|(_, a)| a.clone()).unwrap_or_default(),
+                skips: skip_tx.clone(),
             };
             tasks.push(tokio::spawn(feeder(
                 source,
@@ -266,6 +272,7 @@ pub fn start(
         }
         lock(&status).sinks.insert(spec.name.clone(), sink_status);
         drop(rec_tx);
+        drop(skip_tx);
         let ctx = SinkContext {
             name: spec.name.clone(),
             records: rec_rx,
@@ -284,7 +291,7 @@ pub fn start(
         sink_tasks.push(tokio::spawn(ack_collector(
             spec.name,
             marks,
-            ack_rx,
+            Inbox { acks: ack_rx, skips: skip_rx },
             state_dir.clone(),
             (status.clone(), progress),
             spool.clone(),
@@ -546,9 +553,56 @@ struct Mark {
 /// source's alarm board (a spool that cannot be read is that source's alarm).
 struct FeederInput {
     spool: Spool,
+    sink: String,
     input: String,
     index: u64,
     alarms: Alarms,
+    /// Where the ordinals its reads skip are told (to mark them done).
+    skips: mpsc::UnboundedSender<Skipped>,
+}
+
+/// Ordinals `first..=last` of one input that a feeder's read passed over (damaged records the
+/// store skipped, ordinals a recovery never used, or expired ones): no acknowledgement will
+/// come for them.
+#[derive(Debug)]
+struct Skipped {
+    input: usize,
+    first: u64,
+    last: u64,
+    /// How many of them are not expired (counted as skipped).
+    damaged: u64,
+}
+
+/// What a sink's ack collector receives.
+struct Inbox {
+    /// The sink's acknowledgements.
+    acks: mpsc::UnboundedReceiver<Ack>,
+    /// The ordinals its feeders' reads skipped.
+    skips: mpsc::UnboundedReceiver<Skipped>,
+}
+
+/// Tells the ack collector about the ordinals a read from `from` passed over (counted and
+/// logged), so that the watermark moves past them. Ordinals below the spool's first one are
+/// gone by `max_age` (counted by the keeper), not damaged.
+fn report_skipped(feeder: &FeederInput, from: u64, ordinals: impl IntoIterator<Item = u64>, after: u64) {
+    let gaps = skipped_by_read(from, ordinals, after);
+    if gaps.is_empty() {
+        return;
+    }
+    let kept_from = feeder.spool.first_ordinal(&feeder.input).unwrap_or(0);
+    for (first, last) in gaps {
+        let damaged_from = first.max(kept_from);
+        let mut damaged = 0;
+        if damaged_from <= last {
+            let n = last - damaged_from + 1;
+            damaged = n;
+            counter!("sluice_pipeline_spool_skipped_total", "sink" => feeder.sink.clone(), "input" => feeder.input.clone())
+                .increment(n);
+            tracing::warn!(sink = %feeder.sink, input = %feeder.input, first = damaged_from, last, records = n,
+                "spool ordinals skipped by a read (damaged records, or ordinals a recovery never used); the watermark moves past them");
+        }
+        let _ = feeder.skips.send(Skipped { input: feeder.index as usize, first, last, damaged });
+    }
 }
 
 async fn feeder(
@@ -559,19 +613,19 @@ async fn feeder(
     progress: Arc<SinkProgress>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let FeederInput { spool, input, index, alarms } = source;
-    let mut changes = match spool.watch(&input) {
+    let mut changes = match source.spool.watch(&source.input) {
         Ok(w) => w,
         Err(e) => {
-            tracing::error!(input = %input, error = %e, "cannot follow the spool");
+            tracing::error!(input = %source.input, error = %e, "cannot follow the spool");
             return;
         }
     };
+    let FeederInput { spool, input, index, alarms, .. } = &source;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let (records, after) = match spool.read(&input, next, 1024) {
+        let (records, after) = match spool.read(input, next, 1024) {
             Ok(r) => {
                 if alarms.is_raised(SPOOL_READ_FAILED) && alarms.clear(SPOOL_READ_FAILED) {
                     tracing::info!(input = %input, "spool reads again");
@@ -586,7 +640,13 @@ async fn feeder(
                 continue;
             }
         };
+        report_skipped(&source, next, records.iter().map(|r| r.ordinal), after);
         if records.is_empty() {
+            if after > next {
+                // Everything this read covered was unreadable: read on from where it ended.
+                next = after;
+                continue;
+            }
             tokio::select! {
                 _ = changes.changed() => {}
                 _ = shutdown.changed() => {}
@@ -632,7 +692,7 @@ async fn feeder(
 async fn ack_collector(
     sink: String,
     mut marks: Vec<Mark>,
-    mut rx: mpsc::UnboundedReceiver<Ack>,
+    inbox: Inbox,
     state_dir: PathBuf,
     (status, progress): (SharedStatus, Arc<SinkProgress>),
     spool: Spool,
@@ -643,8 +703,19 @@ async fn ack_collector(
     // The save in progress and what it saves (the spool may be trimmed below it once saved).
     let mut saving: Option<(JoinHandle<bool>, SinkState)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let Inbox { acks: mut rx, mut skips } = inbox;
     loop {
         tokio::select! {
+            Some(skip) = skips.recv() => {
+                // Unreadable records a feeder passed over: done, as no ack can come for them.
+                if let Some(mark) = marks.get_mut(skip.input) {
+                    dirty |= mark.watermark.mark(skip.first, skip.last);
+                    if let Some(s) = lock(&status).sinks.get_mut(&sink) {
+                        s.skipped += skip.damaged;
+                        s.watermarks.insert(mark.input.clone(), mark.watermark.done);
+                    }
+                }
+            }
             ack = rx.recv() => {
                 let Some(ack) = ack else { break };
                 let (ids, delivered) = match ack {
@@ -980,6 +1051,42 @@ mod tests {
         wait_for(|| history.lock().map(|h| h.as_ref().is_some_and(|h| !h.is_empty())).unwrap_or(false)).await;
         let want: Vec<(u64, Bytes)> = (3..=5).map(|i| (1_000 + i, Bytes::from(format!("e{i}")))).collect();
         assert_eq!(*history.lock().expect("history"), Some(want), "the newest spooled events, oldest first");
+        run.shutdown().await;
+    }
+
+    /// Damaged spool records are skipped by reads: the sink gets every intact one, and its
+    /// watermark moves over the gap to the end (nothing waits for the missing ordinals).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_watermark_moves_past_damaged_spool_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = small_segments(dir.path(), None);
+        let run = start(&opts, counting(300), vec![]).expect("start");
+        wait_for(|| run.status().sources["feed"].spool_next == 301).await;
+        run.shutdown().await;
+        // Flip bytes in the middle of a sealed segment.
+        let shard = dir.path().join("spool/streams/feed.00000001/000000000000");
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(&shard)
+            .expect("spool shard")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segments.sort();
+        assert!(segments.len() > 4, "{segments:?}");
+        let victim = &segments[segments.len() / 2];
+        let mut bytes = std::fs::read(victim).expect("read segment");
+        let mid = bytes.len() / 2;
+        for b in &mut bytes[mid..mid + 16] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(victim, &bytes).expect("damage segment");
+
+        let (out, got) = collect("out", usize::MAX);
+        let run = start(&opts, counting(0), vec![out]).expect("restart");
+        wait_for(|| run.status().sinks["out"].watermarks["feed"] == 300).await;
+        let delivered = got.lock().map(|g| g.len() as u64).unwrap_or(0);
+        let skipped = run.status().sinks["out"].skipped;
+        assert!(skipped > 0 && delivered < 300, "delivered {delivered}, skipped {skipped}");
+        assert_eq!(delivered + skipped, 300, "every ordinal delivered or skipped, once");
         run.shutdown().await;
     }
 

@@ -13,7 +13,7 @@
 //! until every sink has it, and, only if `[spool] max_age` is set, segments older than that
 //! ([`Spool::trim_older_than`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -263,7 +263,8 @@ impl Spool {
         let mut out = Vec::with_capacity(max.min(4096));
         while from < pos.next_ordinal && out.len() < max {
             let (events, next) = self.read(source, from, max - out.len())?;
-            if events.is_empty() || next <= from {
+            // A read may return nothing yet move on, past unreadable records.
+            if next <= from {
                 break;
             }
             out.extend(events.into_iter().filter(|e| e.received_ms >= since_ms));
@@ -438,35 +439,44 @@ fn save_reservation(path: &Path, value: u64) -> std::io::Result<()> {
 }
 
 /// Turns out-of-order acknowledgements into a contiguous watermark.
+///
+/// Besides acknowledgements, ordinals that no acknowledgement can ever come for are marked
+/// done: those a read skipped (damaged records; a spool may have ordinal gaps, see
+/// [`Watermark::mark`]) and those `max_age` deleted ([`Watermark::skip_to`]).
 #[derive(Debug, Default)]
 pub struct Watermark {
     /// Everything ≤ this is done.
     pub done: u64,
-    pending: BTreeSet<u64>,
+    /// Done but not contiguous with `done`: disjoint, non-adjacent ranges, first → last.
+    pending: BTreeMap<u64, u64>,
 }
 
 impl Watermark {
     /// Starts at `done`.
     pub fn new(done: u64) -> Watermark {
-        Watermark { done, pending: BTreeSet::new() }
+        Watermark { done, pending: BTreeMap::new() }
     }
 
     /// Marks one ordinal done; returns true if the watermark moved.
     pub fn ack(&mut self, ordinal: u64) -> bool {
-        if ordinal <= self.done {
+        self.mark(ordinal, ordinal)
+    }
+
+    /// Marks `first..=last` done (acknowledged, or skipped by a read because the records are
+    /// unreadable); returns true if the watermark moved.
+    pub fn mark(&mut self, first: u64, last: u64) -> bool {
+        if last <= self.done || first > last {
             return false;
         }
-        if ordinal != self.done + 1 {
-            self.pending.insert(ordinal);
-            return false;
+        let first = first.max(self.done + 1);
+        if first == self.done + 1 {
+            // The common case (acks in order) never touches the map.
+            self.done = last;
+            self.absorb();
+            return true;
         }
-        // The common case (acks in order) never touches the set.
-        self.done = ordinal;
-        while self.pending.first() == Some(&(self.done + 1)) {
-            self.pending.pop_first();
-            self.done += 1;
-        }
-        true
+        self.insert(first, last);
+        false
     }
 
     /// Moves the watermark to at least `ordinal` without acknowledgements: everything up to it
@@ -477,18 +487,62 @@ impl Watermark {
             return false;
         }
         self.done = ordinal;
-        self.pending = self.pending.split_off(&(ordinal + 1));
-        while self.pending.first() == Some(&(self.done + 1)) {
-            self.pending.pop_first();
-            self.done += 1;
-        }
+        self.absorb();
         true
     }
 
-    /// Acknowledged but not yet contiguous.
+    /// Acknowledged (or skipped) ordinals not yet contiguous with the watermark.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.iter().map(|(first, last)| last - first + 1).sum::<u64>() as usize
     }
+
+    /// Takes pending ranges that now touch or lie below the watermark.
+    fn absorb(&mut self) {
+        while let Some((&first, &last)) = self.pending.first_key_value() {
+            if first > self.done + 1 {
+                break;
+            }
+            self.pending.pop_first();
+            self.done = self.done.max(last);
+        }
+    }
+
+    /// Adds a range above `done + 1`, merged with the ranges it overlaps or touches.
+    fn insert(&mut self, mut first: u64, mut last: u64) {
+        if let Some((&f, &l)) = self.pending.range(..=first).next_back()
+            && l.saturating_add(1) >= first
+        {
+            first = f;
+            last = last.max(l);
+            self.pending.remove(&f);
+        }
+        while let Some((&f, &l)) = self.pending.range(first..).next() {
+            if f > last.saturating_add(1) {
+                break;
+            }
+            last = last.max(l);
+            self.pending.remove(&f);
+        }
+        self.pending.insert(first, last);
+    }
+}
+
+/// The ordinals a read from `from` passed over without returning them, as ranges in order:
+/// `ordinals` are those the read returned (ascending), `after` the next ordinal it says to
+/// read. A store skips records it cannot read (damaged), so its reads may jump.
+pub fn skipped_by_read(from: u64, ordinals: impl IntoIterator<Item = u64>, after: u64) -> Vec<(u64, u64)> {
+    let mut expect = from;
+    let mut out = Vec::new();
+    for o in ordinals {
+        if o > expect {
+            out.push((expect, o - 1));
+        }
+        expect = expect.max(o + 1);
+    }
+    if after > expect {
+        out.push((expect, after - 1));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -529,6 +583,44 @@ mod tests {
         assert!(w.ack(16));
         assert!(!w.ack(16));
         assert_eq!(w.done, 16);
+    }
+
+    #[test]
+    fn the_watermark_moves_over_a_gap_a_read_skipped() {
+        // Records 41, 42 and 50.. are read; 43..=49 are damaged and were skipped by the read.
+        let got = [41, 42, 50, 51];
+        let skipped = skipped_by_read(41, got, 52);
+        assert_eq!(skipped, vec![(43, 49)]);
+        let mut w = Watermark::new(40);
+        assert!(w.ack(41));
+        assert!(!w.ack(50), "acks after the gap wait");
+        assert!(!w.ack(51));
+        assert_eq!((w.done, w.pending()), (41, 2));
+        assert!(w.ack(42));
+        assert_eq!(w.done, 42, "nothing was ever coming for 43..=49 unless told");
+        for (first, last) in skipped {
+            assert!(w.mark(first, last));
+        }
+        assert_eq!((w.done, w.pending()), (51, 0), "the gap and the acks after it are done");
+        // The skip may also arrive first, and acks out of order around several gaps.
+        let mut w = Watermark::new(0);
+        assert!(!w.mark(3, 4));
+        assert!(!w.mark(8, 9));
+        assert!(!w.ack(6));
+        assert!(!w.ack(5));
+        assert_eq!(w.pending(), 6);
+        assert!(!w.mark(4, 4), "already pending");
+        assert!(w.ack(1));
+        assert_eq!(w.done, 1);
+        assert!(w.ack(2));
+        assert_eq!((w.done, w.pending()), (6, 2));
+        assert!(w.ack(7));
+        assert_eq!((w.done, w.pending()), (9, 0));
+        // A read that returned nothing but moved on, and a read that ended in a gap.
+        assert_eq!(skipped_by_read(10, [], 15), vec![(10, 14)]);
+        assert_eq!(skipped_by_read(10, [10, 11], 20), vec![(12, 19)]);
+        assert_eq!(skipped_by_read(10, [10, 11], 12), vec![]);
+        assert_eq!(skipped_by_read(10, [], 10), vec![]);
     }
 
     #[test]
