@@ -646,3 +646,143 @@ class BroadcastWsFeed(WsFeed):
 
 
 __all__ = ["Feed", "RepeatingFeed", "WsFeed", "BroadcastWsFeed", "SseFeed", "Conn", "websockets"]
+
+
+# ---------------------------------------------------------------------------
+# a scripted feed for bad frames (test_pipeline_bad_frames.py)
+# ---------------------------------------------------------------------------
+
+
+class ScriptedFeed:
+    """Serves a fixed list of `(position, payload)` items over `kind` = "websocket", "sse"
+    (`data:` lines) or "http" (NDJSON over a close-delimited HTTP/1.1 body). A connection
+    resumes after `?after=X`: it sends the items whose position is above X (positions are
+    floats, so an item whose cursor is not a number can sit between two that are).
+    `cut_after(conn_index, position) -> bool` is asked after each item: True ends the
+    connection there (a close frame, or the end of the body). After the last item a
+    connection stays open, silent. Records each connection's `after` and the time it began in
+    `self.conns`, and how many items over `big` bytes were sent in `self.big_sent`."""
+
+    def __init__(self, kind: str, items, cut_after=lambda conn, pos: False, big: int = 1 << 20,
+                 gap: float = 0.002):
+        self.kind = kind
+        self.items = list(items)
+        self.cut_after = cut_after
+        self.big = big
+        self.gap = gap
+        self.conns: list[dict] = []
+        self.big_sent = 0
+        self.errors: list[str] = []
+        self.port: int | None = None
+        self._log: list[str] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._loop = None
+        self._stop = None
+        self._thread = None
+
+    @property
+    def url(self) -> str:
+        scheme = "ws" if self.kind == "websocket" else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/feed"
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="scripted-feed", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT) or self.port is None:
+            raise RuntimeError(f"scripted feed did not start: {self.errors}")
+        return self
+
+    def stop(self):
+        if self._loop is not None and self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def log(self, text: str):
+        with self._lock:
+            self._log.append(f"{time.strftime('%H:%M:%S')} [scripted {self.kind}] {text}")
+
+    def log_tail(self, n=60) -> str:
+        with self._lock:
+            return "\n".join(self._log[-n:]) or "(nothing logged)"
+
+    def summary(self) -> str:
+        return f"{len(self.conns)} connections, afters {[c['after'] for c in self.conns]}, big sent {self.big_sent}"
+
+    def _run(self):
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except Exception as e:
+            self.errors.append(repr(e))
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _main(self):
+        self._stop = asyncio.Event()
+        if self.kind == "websocket":
+            async with ws_serve(self._ws, "127.0.0.1", 0, max_size=None) as server:
+                self.port = server.sockets[0].getsockname()[1]
+                self._ready.set()
+                await self._stop.wait()
+        else:
+            server = await asyncio.start_server(self._http, "127.0.0.1", 0)
+            self.port = server.sockets[0].getsockname()[1]
+            self._ready.set()
+            async with server:
+                await self._stop.wait()
+
+    def _begin(self, path: str):
+        query = parse_qs(urlsplit(path).query)
+        after = query.get("after", [None])[0]
+        with self._lock:
+            index = len(self.conns)
+            self.conns.append({"index": index, "after": after, "started": time.monotonic()})
+        self.log(f"conn #{index} {path}")
+        start = float(after) if after is not None else float("-inf")
+        return index, [(p, payload) for p, payload in self.items if p > start]
+
+    def _sent(self, payload):
+        if len(payload) > self.big:
+            with self._lock:
+                self.big_sent += 1
+
+    async def _ws(self, ws):
+        index, items = self._begin(ws.request.path)
+        try:
+            for pos, payload in items:
+                await ws.send(payload)
+                self._sent(payload)
+                if self.cut_after(index, pos):
+                    self.log(f"conn #{index} cut after {pos}")
+                    await ws.close()
+                    return
+                await asyncio.sleep(self.gap)
+            await self._stop.wait()
+        except ConnectionClosed:
+            pass
+
+    async def _http(self, reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            index, items = self._begin(path)
+            ctype = "text/event-stream" if self.kind == "sse" else "application/x-ndjson"
+            writer.write(f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nConnection: close\r\n\r\n".encode())
+            for pos, payload in items:
+                data = payload.encode() if isinstance(payload, str) else payload
+                writer.write(b"data: " + data + b"\n\n" if self.kind == "sse" else data + b"\n")
+                await writer.drain()
+                self._sent(data)
+                if self.cut_after(index, pos):
+                    self.log(f"conn #{index} cut after {pos}")
+                    return
+                await asyncio.sleep(self.gap)
+            await self._stop.wait()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
