@@ -9,7 +9,7 @@
 //! | `sluice_source_backoff_seconds` | gauge | the longest pending reconnect wait (0 when every replica is connected) |
 //! | `sluice_source_messages_total` | counter | events forwarded to the spool |
 //! | `sluice_source_bytes_total` | counter | payload bytes forwarded to the spool |
-//! | `sluice_source_dead_lettered_total` | counter | messages dead-lettered (too large, invalid JSON) |
+//! | `sluice_source_dead_lettered_total` | counter | messages dead-lettered (oversized, bad cursor, invalid JSON) |
 //! | `sluice_source_duplicates_total{reason}` | counter | messages dropped as already forwarded: `dedup` (key in the window), `cursor` (cursor not after the last one), `rotation` (a rotation's overlap) |
 //! | `sluice_source_dedup_unkeyed_total` | counter | events without any `dedup.key` field (forwarded, not de-duplicated) |
 //! | `sluice_source_rotation_unaligned_total` | counter | events of a rotation that could not be aligned (forwarded; may be duplicates) |
@@ -18,7 +18,10 @@
 //! | `sluice_source_gap_fills_total` | counter | missing values that arrived late (from another replica) |
 //! | `sluice_source_last_message_age_seconds` | gauge | time since the last forwarded event |
 //! | `sluice_source_cursor` | gauge | the resume cursor, when it is an integer |
-//! | `sluice_source_silent`, `sluice_source_no_connection` | gauge | 1 while that alarm is up (see `alarm`) |
+//! | `sluice_source_silent`, `sluice_source_no_connection`, `sluice_source_cursor_stuck` | gauge | 1 while that alarm is up (see `alarm`) |
+//!
+//! Dead letters are also counted by reason (`oversized`, `bad_cursor`, `invalid_json`) in
+//! `sluice_dead_letters_total{component, reason}` (see `sluice_flow::DeadLetters`).
 
 use metrics::{Counter, Gauge};
 
