@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     damage: Arc<DamageStats>,
     /// Set once the background check of sealed segments has finished.
     verified: AtomicBool,
+    /// When `write_failure` last probed the disk.
+    last_probe: Mutex<Option<std::time::Instant>>,
 }
 
 /// The last handle's drop shuts the store down.
@@ -267,6 +269,17 @@ fn load_catalog(data_dir: &Path, streams_dir: &Path) -> Result<Catalog, StorageE
     }
 }
 
+/// Writes, fsyncs and removes a 64 KiB file: can the data directory take writes?
+fn probe_write(data_dir: &Path) -> std::io::Result<()> {
+    let path = data_dir.join(".write-probe");
+    let r = File::create(&path).and_then(|mut f| {
+        f.write_all(&[0u8; 64 * 1024])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&path);
+    r
+}
+
 /// Where a shard's damage is quarantined and counted.
 fn damage_ctx(data_dir: &Path, stream: &str, tag: u32, index: u32, stats: &Arc<DamageStats>) -> DamageCtx {
     DamageCtx::new(
@@ -448,6 +461,7 @@ impl Store {
             write_failure: Mutex::new(None),
             damage,
             verified: AtomicBool::new(false),
+            last_probe: Mutex::new(None),
         });
         let mut threads = Vec::new();
         let w = shared.clone();
@@ -715,10 +729,23 @@ impl Store {
 
     /// Why appends are failing, while the last group commit failed (a full disk, an I/O
     /// error); `None` once a commit succeeds again. For health checks.
+    ///
+    /// While failing, this also probes (at most once a second) whether a small write and fsync
+    /// in the data directory succeed again, so that health recovers when space returns even if
+    /// nobody appends meanwhile (the next append sets the failure again if it still fails).
     pub fn write_failure(&self) -> Option<String> {
         let sh = self.shared();
         if !sh.write_failing.load(Ordering::Acquire) {
             return None;
+        }
+        let mut last = lock(&sh.last_probe);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(std::time::Instant::now());
+            if probe_write(&sh.cfg.data_dir).is_ok() {
+                sh.write_failing.store(false, Ordering::Release);
+                tracing::info!("the data directory takes writes again");
+                return None;
+            }
         }
         lock(&sh.write_failure).clone()
     }
