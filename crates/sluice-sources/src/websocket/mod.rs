@@ -242,6 +242,8 @@ impl WsTransport {
                             continue;
                         }
                         Ok(WsIncoming::Close { code, reason }) => {
+                            // Answer the close, as RFC 6455 asks (best effort, bounded).
+                            let _ = self.send_bounded(conn, WsOutgoing::Close).await;
                             let code = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
                             return Some((Cause::Closed, format!("close frame, code {code}, reason {reason:?}")));
                         }
