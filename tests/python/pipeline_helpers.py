@@ -358,9 +358,9 @@ class SluiceRun(Process):
             return f"(no health: {e!r})"
 
 
-def pipeline_toml(data_dir: Path, sources: str, sinks: str, embedded=True, extra="") -> str:
-    """A pipeline file with `[api]` (and `[embedded]`) on free loopback ports."""
-    text = f'data_dir = "{data_dir}"\n{extra}\n[api]\nlisten = "127.0.0.1:0"\n'
+def pipeline_toml(data_dir: Path, sources: str, sinks: str, embedded=True, extra="", api_extra="") -> str:
+    """A pipeline file with `[api]` (plus `api_extra` lines) and `[embedded]` on free loopback ports."""
+    text = f'data_dir = "{data_dir}"\n{extra}\n[api]\nlisten = "127.0.0.1:0"\n{api_extra}\n'
     if embedded:
         text += '\n[embedded]\nlisten = "127.0.0.1:0"\n'
     return text + "\n" + sources.strip() + "\n\n" + sinks.strip() + "\n"

@@ -206,6 +206,8 @@ def test_a_full_spool_disk_blocks_the_source_truthfully_and_recovers(
         down_sink(port),
         embedded=False,
         extra="[spool]\nsegment_bytes = 16384\n",
+        # The sink stays down on purpose for the whole test: only the spool's state is judged.
+        api_extra='sink_failing_after = "1h"',
     )
     run = pipeline_factory(text, expect_embedded=False)
     feed.open()

@@ -910,7 +910,7 @@ mod tests {
     }
 
     async fn wait_for(cond: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while !cond() {
             assert!(tokio::time::Instant::now() < deadline, "condition not reached in time");
             tokio::time::sleep(Duration::from_millis(10)).await;
