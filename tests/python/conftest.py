@@ -322,3 +322,35 @@ def pytest_runtest_makereport(item, call):
         servers = getattr(item, "_sluice_servers", None) or []
         for i, srv in enumerate(servers):
             report.sections.append((f"sluice server #{i} log (tail)", srv.log_tail(40)))
+
+
+# ---------------------------------------------------------------------------
+# full disks
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmpfs():
+    """`tmpfs(path, size)` mounts a small tmpfs there (skips the test where that is not allowed:
+    it needs root); `tmpfs.resize(path, size)` remounts it; everything is unmounted at teardown."""
+    mounted: list[Path] = []
+
+    class Mounter:
+        def __call__(self, path: Path, size: str):
+            path.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() != 0:
+                pytest.skip("mounting a tmpfs needs root: this full-disk test did not run")
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                               capture_output=True, text=True, timeout=30)
+            if r.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): this full-disk test did not run")
+            mounted.append(path)
+
+        def resize(self, path: Path, size: str):
+            r = subprocess.run(["mount", "-o", f"remount,size={size}", str(path)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, f"remount failed: {r.stderr}"
+
+    yield Mounter()
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)

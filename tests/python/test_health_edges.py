@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -73,33 +72,6 @@ def start_serve(tmp_path: Path, port: int, data_dir: Path | None = None, args=()
                                      "--data-dir", data_dir or tmp_path / "serve", *args], tmp_path / "logs")
     serve.start()
     return serve, serve.wait_line(LISTEN_RE).group(1)
-
-
-@pytest.fixture
-def tmpfs():
-    """`tmpfs(path, size)` mounts a tmpfs there (skips where that is not allowed);
-    `tmpfs.resize(path, size)` remounts it; everything is unmounted at teardown."""
-    mounted: list[Path] = []
-
-    class Mounter:
-        def __call__(self, path: Path, size: str):
-            path.mkdir(parents=True, exist_ok=True)
-            if os.geteuid() != 0:
-                pytest.skip("mounting a tmpfs needs root: this full-disk test did not run")
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                               capture_output=True, text=True, timeout=30)
-            if r.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): this full-disk test did not run")
-            mounted.append(path)
-
-        def resize(self, path: Path, size: str):
-            r = subprocess.run(["mount", "-o", f"remount,size={size}", str(path)],
-                               capture_output=True, text=True, timeout=30)
-            assert r.returncode == 0, f"remount failed: {r.stderr}"
-
-    yield Mounter()
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
 # ---------------------------------------------------------------------------

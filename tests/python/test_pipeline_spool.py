@@ -13,12 +13,9 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import requests
 
 from conftest import LISTEN_RE, sluice_bin
@@ -160,33 +157,6 @@ def test_a_sink_down_longer_than_an_age_limit_loses_nothing(tmp_path, ws_feed_fa
 # ---------------------------------------------------------------------------
 # b) a full disk
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tmpfs():
-    """`tmpfs(path, size)` mounts a tmpfs there (skips the test where that is not allowed);
-    `tmpfs.resize(path, size)` remounts it; everything is unmounted at teardown."""
-    mounted: list[Path] = []
-
-    class Mounter:
-        def __call__(self, path: Path, size: str):
-            path.mkdir(parents=True, exist_ok=True)
-            if os.geteuid() != 0:
-                pytest.skip("mounting a tmpfs needs root: the full-disk spool test did not run")
-            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                               capture_output=True, text=True, timeout=30)
-            if r.returncode != 0:
-                pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}): the full-disk spool test did not run")
-            mounted.append(path)
-
-        def resize(self, path: Path, size: str):
-            r = subprocess.run(["mount", "-o", f"remount,size={size}", str(path)],
-                               capture_output=True, text=True, timeout=30)
-            assert r.returncode == 0, f"remount failed: {r.stderr}"
-
-    yield Mounter()
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
 
 
 def test_a_full_spool_disk_blocks_the_source_truthfully_and_recovers(
