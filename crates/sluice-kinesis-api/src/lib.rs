@@ -56,6 +56,18 @@ impl Server {
         listen: SocketAddr,
         metrics: Option<PrometheusHandle>,
     ) -> std::io::Result<Server> {
+        Server::start_with_dynamodb(store, config, listen, metrics, None).await
+    }
+
+    /// [`Server::start`], also answering the DynamoDB API (`DynamoDB_20120810.*` targets) on
+    /// the same port from `dynamodb` when given.
+    pub async fn start_with_dynamodb(
+        store: Store,
+        config: ApiConfig,
+        listen: SocketAddr,
+        metrics: Option<PrometheusHandle>,
+        dynamodb: Option<Arc<sluice_dynamodb::Db>>,
+    ) -> std::io::Result<Server> {
         let listener = TcpListener::bind(listen).await?;
         let local_addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::watch::channel(false);
@@ -69,7 +81,7 @@ impl Server {
             shutdown: rx.clone(),
         });
         spawn_settler(state.clone(), rx.clone());
-        let app = server::router(state.clone(), metrics);
+        let app = server::router_with(state.clone(), metrics, dynamodb);
         let http = server::HttpOptions { header_timeout: state.config.header_timeout };
         let task = tokio::spawn(server::serve(listener, app, http, rx));
         Ok(Server { local_addr, shutdown: tx, task, state })

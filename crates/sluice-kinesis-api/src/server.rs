@@ -150,6 +150,15 @@ impl tower_service::Service<Request<hyper::body::Incoming>> for Seen {
 
 /// Builds the router: the API on `POST` (any path), `/health` and `/metrics` on `GET`.
 pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
+    router_with(state, metrics, None)
+}
+
+/// [`router`], also answering `DynamoDB_20120810.*` targets from `dynamodb` when given.
+pub fn router_with(
+    state: Shared,
+    metrics: Option<PrometheusHandle>,
+    dynamodb: Option<Arc<sluice_dynamodb::Db>>,
+) -> Router {
     let metrics = Arc::new(metrics);
     Router::new()
         .route("/health", get(health))
@@ -171,8 +180,107 @@ pub fn router(state: Shared, metrics: Option<PrometheusHandle>) -> Router {
                 }
             }),
         )
-        .fallback(api)
+        .fallback(move |st: State<Shared>, req: Request<Body>| {
+            let db = dynamodb.clone();
+            async move {
+                match db {
+                    Some(db) if is_dynamodb(req.headers()) => dynamodb_api(st.0, db, req).await,
+                    _ => api(st, req).await,
+                }
+            }
+        })
         .with_state(state)
+}
+
+/// Whether a request targets the DynamoDB API.
+fn is_dynamodb(headers: &HeaderMap) -> bool {
+    headers.get("x-amz-target").is_some_and(|v| v.as_bytes().starts_with(sluice_dynamodb::TARGET_PREFIX.as_bytes()))
+}
+
+/// A DynamoDB request: the same edge checks as Kinesis (body limit, signature headers and,
+/// when configured, SigV4 verification), then [`sluice_dynamodb::Db::handle`] off the reactor.
+async fn dynamodb_api(st: Shared, db: Arc<sluice_dynamodb::Db>, req: Request<Body>) -> Response {
+    let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let op = target.strip_prefix(sluice_dynamodb::TARGET_PREFIX).unwrap_or("").to_owned();
+    let label = match sluice_dynamodb::KNOWN_OPS.iter().find(|k| **k == op) {
+        Some(k) => format!("DynamoDB.{k}"),
+        None => "DynamoDB.unknown".to_owned(),
+    };
+    let result = dynamodb_handle(&st, db, &parts, body, op).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind,
+    };
+    counter!("sluice_requests_total", "operation" => label.clone(), "outcome" => outcome).increment(1);
+    histogram!("sluice_request_duration_seconds", "operation" => label.clone()).record(started.elapsed().as_secs_f64());
+    let (status, body) = match result {
+        Ok(body) => (StatusCode::OK, body),
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!(operation = %label, error = %e, "request failed");
+            } else {
+                tracing::debug!(operation = %label, error = %e, "request refused");
+            }
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, e.body().to_string().into_bytes())
+        }
+    };
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(sluice_dynamodb::CONTENT_TYPE));
+    with_request_id(r)
+}
+
+fn dynamo_err(e: ApiError) -> sluice_dynamodb::DynamoError {
+    sluice_dynamodb::DynamoError { status: e.status, kind: e.kind, message: e.message, item: None }
+}
+
+async fn dynamodb_handle(
+    st: &Shared,
+    db: Arc<sluice_dynamodb::Db>,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    op: String,
+) -> Result<Vec<u8>, sluice_dynamodb::DynamoError> {
+    if parts.method != Method::POST {
+        return Err(sluice_dynamodb::DynamoError::unknown_operation(format!("Unsupported method {}", parts.method)));
+    }
+    let limit = st.config.max_body_bytes;
+    let too_large = || dynamo_err(ApiError::too_large(format!("Request body is larger than {limit} bytes.")));
+    if declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    if !sluice_dynamodb::KNOWN_OPS.contains(&op.as_str()) {
+        return Err(sluice_dynamodb::DynamoError::unknown_operation(format!(
+            "Unknown operation {}{op}",
+            sluice_dynamodb::TARGET_PREFIX
+        )));
+    }
+    let region = check_auth(&parts.headers, parts.uri.query()).map_err(dynamo_err)?;
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(e) => {
+            return Err(sluice_dynamodb::DynamoError::serialization(format!("Could not read the request body: {e}")));
+        }
+    };
+    if let Some(creds) = &st.config.credentials {
+        if parts.uri.query().is_some_and(|q| q.contains("X-Amz-Algorithm=")) {
+            return Err(dynamo_err(ApiError::invalid_signature(
+                "Presigned (query-string) requests are not accepted; sign the Authorization header.",
+            )));
+        }
+        crate::sigv4::verify(creds, parts, &bytes, sluice_core::now_ms()).map_err(dynamo_err)?;
+    }
+    let ctx = sluice_dynamodb::Ctx {
+        region: region.unwrap_or_else(|| st.config.default_region.clone()),
+        now_ms: sluice_core::now_ms(),
+    };
+    let out = tokio::task::spawn_blocking(move || db.handle(&op, &bytes, &ctx))
+        .await
+        .map_err(|e| sluice_dynamodb::DynamoError::internal(format!("The request handler failed: {e}")))??;
+    serde_json::to_vec(&out).map_err(|e| sluice_dynamodb::DynamoError::internal(e.to_string()))
 }
 
 /// `/health`: 503 with the reasons while the store cannot write (a full disk, an I/O error:

@@ -276,9 +276,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .filter(|d| !d.is_zero())
             .context("--header-timeout-secs: expected a positive number of seconds")?,
     };
-    let server = Server::start(store.clone(), config, args.listen, metrics)
+    // The DynamoDB API (lease tables) on the same port, its tables under DATA_DIR/dynamodb.
+    let mut db_config = sluice_dynamodb::DbConfig::new(args.data_dir.join("dynamodb"));
+    db_config.fsync = matches!(args.durability, DurabilityArg::Fsync);
+    db_config.account_id = config.account_id.clone();
+    let dynamodb = tokio::task::spawn_blocking(move || sluice_dynamodb::Db::open(db_config))
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .context("opening the dynamodb tables")?
+        .context("opening the dynamodb tables")?;
+    let server =
+        Server::start_with_dynamodb(store.clone(), config, args.listen, metrics, Some(std::sync::Arc::new(dynamodb)))
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
     // Tests and scripts read this line to learn the bound port.
     println!("sluice: listening on http://{}", server.local_addr);
     std::io::stdout().flush().ok();
