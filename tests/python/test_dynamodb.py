@@ -635,6 +635,44 @@ def test_query_table_and_lease_owner_index(ddb):
     assert "Query condition missed key schema element" in msg
 
 
+def test_query_sort_key_conditions(ddb):
+    t = name()
+    ddb.create_table(
+        TableName=t,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "N"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    for pk in ("a", "b"):
+        for sk in (1, 2, 9, 10, 11, 100):
+            ddb.put_item(TableName=t, Item={"pk": {"S": pk}, "sk": {"N": str(sk)}, "v": {"S": f"{pk}{sk}"}})
+
+    def q(cond, **vals):
+        r = ddb.query(
+            TableName=t, KeyConditionExpression=cond,
+            ExpressionAttributeValues={f":{k}": v for k, v in vals.items()},
+        )
+        return [int(i["sk"]["N"]) for i in r["Items"]]
+
+    # Sort keys order numerically (9 before 10), and stay within the partition.
+    assert q("pk = :p", p={"S": "a"}) == [1, 2, 9, 10, 11, 100]
+    assert q("pk = :p AND sk BETWEEN :lo AND :hi", p={"S": "a"}, lo={"N": "2"}, hi={"N": "10"}) == [2, 9, 10]
+    assert q("sk > :lo AND pk = :p", p={"S": "b"}, lo={"N": "10"}) == [11, 100]
+    msg = expect_error(
+        "ValidationException", ddb.query, TableName=t, KeyConditionExpression="pk = :p AND v = :v",
+        ExpressionAttributeValues={":p": {"S": "a"}, ":v": {"S": "a1"}},
+    )
+    assert "Query condition missed key schema element" in msg
+    # An update creates a missing item; the key must be complete.
+    ddb.update_item(
+        TableName=t, Key={"pk": {"S": "c"}, "sk": {"N": "5"}}, UpdateExpression="SET v = :v",
+        ExpressionAttributeValues={":v": {"S": "new"}},
+    )
+    assert q("pk = :p", p={"S": "c"}) == [5]
+    msg = expect_error("ValidationException", ddb.get_item, TableName=t, Key={"pk": {"S": "c"}})
+    assert msg == "The provided key element does not match the schema"
+
+
 # ---------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------
