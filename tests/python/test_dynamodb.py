@@ -740,6 +740,13 @@ def test_malformed_bodies_are_400_never_500(server):
         json.dumps({"TableName": t, "Item": {"leaseKey": {"S": "a"}}, "Expected": {"x": {"ComparisonOperator": "EQ"}}}).encode(),
         json.dumps({"TableName": t, "Item": {"leaseKey": {"S": "a"}}, "ConditionExpression": "((((((("}).encode(),
         json.dumps({"TableName": t, "Item": {"leaseKey": {"S": "a"}, "n": {"N": "1e999"}}}).encode(),
+        # Deep nesting: refused with a message, never a crash of the server.
+        json.dumps({"TableName": t, "Item": {"leaseKey": {"S": "a"}},
+                    "ConditionExpression": "(" * 4000 + "attribute_exists(a)" + ")" * 4000}).encode(),
+        json.dumps({"TableName": t, "Item": {"leaseKey": {"S": "a"}},
+                    "ConditionExpression": "(" * 2000 + "attribute_exists(a)" + ")" * 2000}).encode(),
+        json.dumps({"TableName": t, "Item": {"leaseKey": {"S": "a"},
+                    "deep": json.loads('{"L": [' * 40 + '{"S": "x"}' + ']}' * 40)}}).encode(),
     ]
     for body in bodies:
         r = ddb_raw(server.url, "PutItem", body)

@@ -273,7 +273,13 @@ struct Parser<'s, 'a, 'b> {
     toks: Vec<(Tok, usize, usize)>,
     pos: usize,
     sub: &'b mut Subst<'a>,
+    depth: usize,
 }
+
+/// Longest expression accepted, bytes (DynamoDB's limit).
+pub const MAX_EXPRESSION: usize = 4096;
+/// Deepest nesting of parentheses, NOT and functions accepted.
+const MAX_DEPTH: usize = 64;
 
 impl Parser<'_, '_, '_> {
     fn peek(&self) -> &Tok {
@@ -416,7 +422,22 @@ impl Parser<'_, '_, '_> {
         }
     }
 
+    fn enter(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.invalid("The expression is nested too deeply"));
+        }
+        Ok(())
+    }
+
     fn cond(&mut self) -> Result<Cond> {
+        self.enter()?;
+        let c = self.cond_inner();
+        self.depth -= 1;
+        c
+    }
+
+    fn cond_inner(&mut self) -> Result<Cond> {
         let mut l = self.and()?;
         while self.is_kw("OR") {
             self.next();
@@ -439,7 +460,10 @@ impl Parser<'_, '_, '_> {
     fn not(&mut self) -> Result<Cond> {
         if self.is_kw("NOT") {
             self.next();
-            return Ok(Cond::Not(Box::new(self.not()?)));
+            self.enter()?;
+            let inner = self.not();
+            self.depth -= 1;
+            return Ok(Cond::Not(Box::new(inner?)));
         }
         self.primary()
     }
@@ -510,6 +534,13 @@ impl Parser<'_, '_, '_> {
     }
 
     fn set_operand(&mut self) -> Result<SetValue> {
+        self.enter()?;
+        let v = self.set_operand_inner();
+        self.depth -= 1;
+        v
+    }
+
+    fn set_operand_inner(&mut self) -> Result<SetValue> {
         if let Some(f) = self.function_name() {
             match f.as_str() {
                 "if_not_exists" => {
@@ -597,7 +628,13 @@ fn parser<'s, 'a, 'b>(src: &'s str, kind: &'static str, sub: &'b mut Subst<'a>) 
     if src.trim().is_empty() {
         return Err(DynamoError::validation(format!("Invalid {kind}: The expression can not be empty;")));
     }
-    Ok(Parser { src, kind, toks: lex(src, kind)?, pos: 0, sub })
+    if src.len() > MAX_EXPRESSION {
+        return Err(DynamoError::validation(format!(
+            "Invalid {kind}: Expression size has exceeded the maximum allowed size; expression size: {}",
+            src.len()
+        )));
+    }
+    Ok(Parser { src, kind, toks: lex(src, kind)?, pos: 0, sub, depth: 0 })
 }
 
 fn finish<T>(p: &mut Parser<'_, '_, '_>, t: T) -> Result<T> {
@@ -1094,6 +1131,14 @@ mod tests {
         assert!(err("nosuch(a) AND a = :v", &none, &v).contains("Invalid function name; function: nosuch"));
         assert!(err("a = :v $", &none, &v).contains("Syntax error"));
         assert!(err("", &none, &v).contains("can not be empty"));
+        let deep = format!("{}a = :v{}", "(".repeat(2000), ")".repeat(2000));
+        assert!(err(&deep, &none, &v).contains("nested too deeply"));
+        let nots = format!("{}a = :v", "NOT ".repeat(1000));
+        assert!(
+            err(&nots, &none, &v).contains("Expression size has exceeded")
+                || err(&nots, &none, &v).contains("nested too deeply")
+        );
+        assert!(err(&"a = :v OR ".repeat(1000), &none, &v).contains("Expression size has exceeded"));
     }
 
     fn upd(src: &str, n: &HashMap<String, String>, v: &HashMap<String, Value>, item: &mut Item) -> Result<()> {

@@ -686,7 +686,23 @@ impl Db {
                     .take_while(|(k, _)| k.0 == *h)
                     .map(|(k, i)| ((None, None, k.clone()), i))
                     .collect(),
-                (None, None) => g.items.iter().map(|(k, i)| ((None, None, k.clone()), i)).collect(),
+                (None, None) => {
+                    // A plain forward Scan of the table reads only what this page needs.
+                    let after = match (&start, forward, segment) {
+                        (Some(s), true, None) => meta.key_of(s),
+                        _ => None,
+                    };
+                    let take = if segment.is_none() && forward { limit.saturating_add(1) } else { usize::MAX };
+                    let lower = match after {
+                        Some(k) => Bound::Excluded(k),
+                        None => Bound::Unbounded,
+                    };
+                    g.items
+                        .range((lower, Bound::Unbounded))
+                        .take(take)
+                        .map(|(k, i)| ((None, None, k.clone()), i))
+                        .collect()
+                }
                 (Some(ix), h) => {
                     let mut v: Vec<(Pos, &Item)> = g
                         .items

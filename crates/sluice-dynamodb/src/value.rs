@@ -9,6 +9,9 @@ use serde_json::{Map, Value as Json};
 use crate::error::{DynamoError, Result};
 use crate::number::Number;
 
+/// How deeply lists and maps may nest (DynamoDB's limit).
+pub const MAX_NESTING: usize = 32;
+
 /// An item: attribute name to value.
 pub type Item = BTreeMap<String, Value>;
 
@@ -77,6 +80,13 @@ impl Value {
 
     /// Decodes `{"S": "x"}` and friends.
     pub fn from_json(j: &Json) -> Result<Value> {
+        Value::from_json_at(j, 0)
+    }
+
+    fn from_json_at(j: &Json, depth: usize) -> Result<Value> {
+        if depth > MAX_NESTING {
+            return Err(DynamoError::validation("Nesting Levels have exceeded supported limits"));
+        }
         let Json::Object(m) = j else {
             return Err(DynamoError::serialization(
                 "Unexpected value type in payload: expected an AttributeValue structure",
@@ -153,9 +163,9 @@ impl Value {
                 let Json::Array(a) = v else {
                     return Err(DynamoError::serialization("Unexpected value type in payload: L expects a list"));
                 };
-                Value::L(a.iter().map(Value::from_json).collect::<Result<_>>()?)
+                Value::L(a.iter().map(|x| Value::from_json_at(x, depth + 1)).collect::<Result<_>>()?)
             }
-            "M" => Value::M(item_from_json(v)?),
+            "M" => Value::M(item_from_json_at(v, depth + 1)?),
             other => {
                 return Err(DynamoError::serialization(format!("Unexpected field type in AttributeValue: {other}")));
             }
@@ -210,10 +220,14 @@ impl Value {
 
 /// Decodes an item (`{"name": {"S": …}, …}`).
 pub fn item_from_json(j: &Json) -> Result<Item> {
+    item_from_json_at(j, 0)
+}
+
+fn item_from_json_at(j: &Json, depth: usize) -> Result<Item> {
     let Json::Object(m) = j else {
         return Err(DynamoError::serialization("Unexpected value type in payload: expected a map of AttributeValues"));
     };
-    m.iter().map(|(k, v)| Ok((k.clone(), Value::from_json(v)?))).collect()
+    m.iter().map(|(k, v)| Ok((k.clone(), Value::from_json_at(v, depth)?))).collect()
 }
 
 /// Encodes an item.
@@ -327,6 +341,7 @@ mod tests {
             json!({"Q": "a"}),
             json!("S"),
             json!({"B": "!!"}),
+            (0..40).fold(json!({"S": "x"}), |acc, _| json!({"L": [acc]})),
         ] {
             assert!(Value::from_json(&bad).is_err(), "{bad} should be refused");
         }
