@@ -125,7 +125,7 @@ def test_a_sink_down_longer_than_an_age_limit_loses_nothing(tmp_path, ws_feed_fa
     def first_metric():
         return metric_sum(run.metrics(), "sluice_pipeline_spool_first_ordinal", source="feed")
 
-    wait_for(lambda: first_metric() == 1, 10, "the first-ordinal gauge")
+    wait_for(lambda: first_metric() == 1, 30, "the first-ordinal gauge")
     # An absence cannot be polled for: give the keeper (one pass a second) three passes.
     time.sleep(3.5)
     assert spool_segments(data, "feed") == segments, "nothing may be trimmed while the sink has not delivered"
