@@ -21,6 +21,7 @@ mod cursor;
 mod dedup;
 mod gaps;
 pub mod http;
+pub mod kinesis;
 pub mod metrics;
 pub mod sse;
 mod supervisor;
