@@ -48,6 +48,9 @@ struct Inner {
     shards: Mutex<HashMap<String, ShardInfo>>,
     stopped: AtomicBool,
     stop: Notify,
+    /// Held for a whole tick, so that shutdown waits for a pass in flight (which might take a
+    /// lease) before it releases everything.
+    pass: tokio::sync::Mutex<()>,
 }
 
 /// Runs one worker's side of an application's leases. Cheap to clone (shared state).
@@ -116,6 +119,7 @@ impl LeaseCoordinator {
             shards: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             stop: Notify::new(),
+            pass: tokio::sync::Mutex::new(()),
         };
         (LeaseCoordinator { inner: Arc::new(inner) }, rx)
     }
@@ -154,7 +158,11 @@ impl LeaseCoordinator {
     /// Runs whatever is due at the clock's current time (a renew pass, a scan-and-take pass)
     /// and answers when something is due next. [`spawn`](Self::spawn) calls it in a loop.
     pub async fn tick(&self) -> Duration {
+        let _pass = self.inner.pass.lock().await;
         let now = self.inner.clock.now();
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return now + self.inner.config.take_interval;
+        }
         let (renew_due, take_due) = {
             let s = lock(&self.inner.schedule);
             (now >= s.next_renew, now >= s.next_take)
@@ -574,6 +582,8 @@ impl LeaseCoordinator {
     /// (`SHARD_END` finishes the shard), then releases every lease still held.
     pub async fn shutdown(&self, final_checkpoints: &[(String, Checkpoint)]) -> ShutdownReport {
         self.stop();
+        // Wait for a pass in flight; no pass starts after this.
+        let _pass = self.inner.pass.lock().await;
         let mut report = ShutdownReport::default();
         for (shard, checkpoint) in final_checkpoints {
             let written = match checkpoint {
