@@ -4,6 +4,8 @@
 //! that is absent is skipped with a message. Time is a fake clock driven tick by tick; only the
 //! table calls are real. Static test credentials are set on the client; never real AWS.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -216,7 +218,7 @@ fn sdk_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
 }
 
 /// The whole lifecycle against one server.
-async fn lifecycle(endpoint: &str, server: &str) {
+async fn lifecycle(endpoint: &str, server: &str) -> String {
     let app = format!("leases-{server}-{}", std::process::id());
     let mut config = DynamoConfig::new(endpoint, &app);
     config.credentials = Some(("test".into(), "test".into()));
@@ -426,6 +428,7 @@ async fn lifecycle(endpoint: &str, server: &str) {
     assert!(cleaned.is_none());
     assert!(!owners(&table).await.contains_key(&parent), "[{server}] parent lease deleted");
     let _ = client.delete_table().table_name(&app).send().await;
+    app
 }
 
 fn check_kcl_item(item: &HashMap<String, AttributeValue>, server: &str) {
@@ -447,12 +450,32 @@ fn check_kcl_item(item: &HashMap<String, AttributeValue>, server: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Current-thread runtime: the metrics recorder is thread-local.
+#[tokio::test]
 async fn leases_lifecycle_against_moto() {
     let Some(server) = start_moto().await else { return };
-    tokio::time::timeout(Duration::from_secs(240), lifecycle(&server.endpoint, "moto"))
+    let (metrics, _guard) = common::metrics_recorder();
+    let app = tokio::time::timeout(Duration::from_secs(240), lifecycle(&server.endpoint, "moto"))
         .await
         .unwrap_or_else(|_| panic!("lifecycle against moto took over 240 s"));
+    let n = |name: &str| metrics.counter(name, &[("application", app.as_str())]);
+    let (taken, stolen, lost) = (
+        n("sluice_kinesis_leases_taken_total"),
+        n("sluice_kinesis_leases_stolen_total"),
+        n("sluice_kinesis_leases_lost_total"),
+    );
+    let (renewals, checkpoints, released) = (
+        n("sluice_kinesis_leases_renewals_total"),
+        n("sluice_kinesis_leases_checkpoints_total"),
+        n("sluice_kinesis_leases_released_total"),
+    );
+    eprintln!(
+        "[moto] metrics: taken {taken}, stolen {stolen}, lost {lost}, renewals {renewals}, checkpoints {checkpoints}, released {released}"
+    );
+    let dump = metrics.dump("sluice_kinesis_leases");
+    assert!(taken >= 8 + 2 + 3 + 2, "{dump}");
+    assert!(stolen >= 2 && lost >= stolen, "{dump}");
+    assert!(renewals > 0 && checkpoints >= 8 + 2 + 3 && released == 3, "{dump}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
