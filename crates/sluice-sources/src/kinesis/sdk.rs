@@ -1,0 +1,191 @@
+//! [`StreamBackend`] over the AWS SDK: Amazon Kinesis (`endpoint = "aws"`, the default
+//! credential chain) or any Kinesis-compatible endpoint URL (`sluice serve`, moto, ...).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::types::ShardIteratorType;
+use bytes::Bytes;
+
+use super::backend::{Fetched, Page, Position, ReadError, ReadFuture, ShardDesc, StreamBackend};
+
+/// A Kinesis stream reached through the AWS SDK.
+#[derive(Clone)]
+pub struct SdkStream {
+    client: aws_sdk_kinesis::Client,
+    stream: Arc<str>,
+}
+
+/// Where an [`SdkStream`] connects.
+#[derive(Debug, Clone)]
+pub struct SdkOptions {
+    /// `"aws"` (the default credential and region chain) or an endpoint URL.
+    pub endpoint: String,
+    /// Region (default: the chain's, else `us-east-1`).
+    pub region: Option<String>,
+    /// Per-call timeout.
+    pub timeout: Duration,
+}
+
+impl SdkStream {
+    /// Builds the SDK client (no call is made yet). Retries are off: the reader retries with
+    /// its own backoff and counts them.
+    pub async fn connect(stream: &str, opts: &SdkOptions) -> SdkStream {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
+            .operation_attempt_timeout(opts.timeout)
+            .operation_timeout(opts.timeout)
+            .build();
+        let conf = if opts.endpoint == "aws" {
+            let region = aws_config::meta::region::RegionProviderChain::first_try(opts.region.clone().map(Region::new))
+                .or_default_provider()
+                .or_else(Region::from_static("us-east-1"));
+            let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+            aws_sdk_kinesis::config::Builder::from(&shared)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(timeouts)
+                .build()
+        } else {
+            aws_sdk_kinesis::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new(opts.region.clone().unwrap_or_else(|| "us-east-1".to_owned())))
+                .credentials_provider(static_credentials())
+                .endpoint_url(&opts.endpoint)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(timeouts)
+                .build()
+        };
+        SdkStream { client: aws_sdk_kinesis::Client::from_conf(conf), stream: Arc::from(stream) }
+    }
+
+    async fn list(&self) -> Result<Vec<ShardDesc>, ReadError> {
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = match &token {
+                Some(t) => self.client.list_shards().next_token(t),
+                None => self.client.list_shards().stream_name(self.stream.as_ref()),
+            };
+            let out = req.send().await.map_err(classify)?;
+            for s in out.shards() {
+                let (start, end) = s
+                    .hash_key_range()
+                    .map(|r| (r.starting_hash_key().to_owned(), r.ending_hash_key().to_owned()))
+                    .unwrap_or_default();
+                shards.push(ShardDesc {
+                    id: s.shard_id().to_owned(),
+                    parent: s.parent_shard_id().map(str::to_owned),
+                    adjacent_parent: s.adjacent_parent_shard_id().map(str::to_owned),
+                    starting_hash_key: start,
+                    ending_hash_key: end,
+                    closed: s.sequence_number_range().is_some_and(|r| r.ending_sequence_number().is_some()),
+                });
+            }
+            match out.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(shards)
+    }
+
+    async fn iterator(&self, shard: &str, at: &Position) -> Result<String, ReadError> {
+        let req = self.client.get_shard_iterator().stream_name(self.stream.as_ref()).shard_id(shard);
+        let req = match at {
+            Position::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            Position::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            Position::AtTimestamp(ms) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_sdk_kinesis::primitives::DateTime::from_millis(*ms as i64)),
+            Position::AtSequence(seq) => {
+                req.shard_iterator_type(ShardIteratorType::AtSequenceNumber).starting_sequence_number(seq)
+            }
+            Position::AfterSequence(seq) => {
+                req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq)
+            }
+        };
+        let out = req.send().await.map_err(classify)?;
+        out.shard_iterator()
+            .map(str::to_owned)
+            .ok_or_else(|| ReadError::Other(format!("GetShardIterator for {shard} answered no iterator")))
+    }
+
+    async fn records(&self, iterator: &str, limit: u32) -> Result<Page, ReadError> {
+        let out = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit.clamp(1, 10_000) as i32)
+            .send()
+            .await
+            .map_err(classify)?;
+        let records = out
+            .records()
+            .iter()
+            .map(|r| Fetched {
+                sequence_number: r.sequence_number().to_owned(),
+                partition_key: r.partition_key().unwrap_or_default().to_owned(),
+                data: Bytes::copy_from_slice(r.data().as_ref()),
+                arrival_ms: r
+                    .approximate_arrival_timestamp()
+                    .and_then(|t| t.to_millis().ok())
+                    .map_or(0, |ms| ms.max(0) as u64),
+            })
+            .collect();
+        Ok(Page {
+            records,
+            next_iterator: out.next_shard_iterator().map(str::to_owned),
+            millis_behind: out.millis_behind_latest(),
+            child_shards: out.child_shards().iter().map(|c| c.shard_id().to_owned()).collect(),
+        })
+    }
+}
+
+impl StreamBackend for SdkStream {
+    fn stream_name(&self) -> &str {
+        &self.stream
+    }
+
+    fn list_shards(&self) -> ReadFuture<'_, Vec<ShardDesc>> {
+        Box::pin(self.list())
+    }
+
+    fn shard_iterator<'a>(&'a self, shard: &'a str, at: &'a Position) -> ReadFuture<'a, String> {
+        Box::pin(self.iterator(shard, at))
+    }
+
+    fn get_records<'a>(&'a self, iterator: &'a str, limit: u32) -> ReadFuture<'a, Page> {
+        Box::pin(self.records(iterator, limit))
+    }
+}
+
+/// `AWS_ACCESS_KEY_ID` & co. if set, else fixed dummy keys (local endpoints check only that a
+/// signature is present).
+fn static_credentials() -> Credentials {
+    match std::env::var("AWS_ACCESS_KEY_ID") {
+        Ok(id) if !id.is_empty() => Credentials::new(
+            id,
+            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+            std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
+            None,
+            "environment",
+        ),
+        _ => Credentials::new("sluice", "sluice", None, None, "sluice-static"),
+    }
+}
+
+fn classify<E, R>(err: SdkError<E, R>) -> ReadError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let code = match &err {
+        SdkError::ServiceError(se) => se.err().code().map(str::to_owned),
+        _ => None,
+    };
+    ReadError::from_code(code.as_deref(), DisplayErrorContext(&err).to_string())
+}
