@@ -77,6 +77,11 @@ pub struct SourceContext {
     /// The newest events already spooled for this source, for state that must survive a
     /// restart (a de-duplication window). `None` where there is no spool (tests).
     pub history: Option<Arc<dyn SpooledHistory>>,
+    /// How many of the events this source sent since it started are durably in the spool
+    /// (events are spooled in the order they were sent). A source that must not acknowledge
+    /// upstream before that (the `kinesis` source's checkpoints) waits on it. `None` where
+    /// there is no spool: sent counts as taken.
+    pub spooled: Option<watch::Receiver<u64>>,
 }
 
 /// Read access to what a source already spooled.

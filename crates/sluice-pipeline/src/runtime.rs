@@ -198,6 +198,7 @@ pub fn start(
             tracing::info!(source = %name, cursor = %c, "resuming after the last spooled event");
         }
         let (tx, rx) = mpsc::channel::<Event>(8192);
+        let (spooled_tx, spooled_rx) = watch::channel(0u64);
         watched_sources.push(WatchedSource { name: name.clone(), queue: tx.downgrade(), alarms: alarms.clone() });
         let ctx = SourceContext {
             name: name.clone(),
@@ -207,6 +208,7 @@ pub fn start(
             shutdown: shutdown_rx.clone(),
             alarms: alarms.clone(),
             history: Some(Arc::new(SpoolHistory::new(spool.clone(), name.clone()))),
+            spooled: Some(spooled_rx),
         };
         let source_name = name.clone();
         tasks.push(tokio::spawn(async move {
@@ -214,7 +216,7 @@ pub fn start(
                 tracing::error!(source = %source_name, error = %e, "source stopped");
             }
         }));
-        tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone(), alarms)));
+        tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone(), alarms, spooled_tx)));
     }
 
     let mut sink_tasks = Vec::new();
@@ -390,6 +392,7 @@ async fn spool_writer(
     mut rx: mpsc::Receiver<Event>,
     status: SharedStatus,
     alarms: Alarms,
+    spooled: watch::Sender<u64>,
 ) {
     let mut buf = Vec::with_capacity(2048);
     // Since when writes fail, and how often they did: told once when it starts and once
@@ -408,6 +411,7 @@ async fn spool_writer(
             match spool.append(&source, buf.clone()).await {
                 Ok(last) => {
                     counter!("sluice_pipeline_spooled_total", "source" => source.clone()).increment(n);
+                    spooled.send_modify(|c| *c += n);
                     gauge!("sluice_pipeline_spool_last_ordinal", "source" => source.clone()).set(last as f64);
                     if let Some((since, failures)) = blocked.take() {
                         gauge!("sluice_pipeline_spool_blocked", "source" => source.clone()).set(0.0);

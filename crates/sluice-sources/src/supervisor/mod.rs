@@ -283,7 +283,7 @@ pub(crate) async fn run<T: Transport>(
     settings: Settings,
     ctx: SourceContext,
 ) -> Result<(), FlowError> {
-    let SourceContext { name, resume_cursor, events, dead_letters, shutdown, alarms, history } = ctx;
+    let SourceContext { name, resume_cursor, events, dead_letters, shutdown, alarms, history, .. } = ctx;
     if *shutdown.borrow() {
         return Ok(());
     }

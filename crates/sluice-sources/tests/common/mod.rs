@@ -139,6 +139,7 @@ pub fn start(name: &str, source: Box<dyn Source>, resume_cursor: Option<&str>, c
         shutdown: shutdown_rx,
         alarms: sluice_flow::Alarms::default(),
         history: None,
+        spooled: None,
     };
     let task = tokio::spawn(source.run(ctx));
     Run { events: rx, shutdown: shutdown_tx, task: Some(task), dir, name: name.to_owned() }
