@@ -33,7 +33,7 @@ pub use sse::SseConfig;
 pub use websocket::WebSocketConfig;
 
 /// The `type` values this crate builds.
-pub const KINDS: &[&str] = &["websocket", "sse", "http"];
+pub const KINDS: &[&str] = &["websocket", "sse", "http", "kinesis"];
 
 /// Why a source's options were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +50,17 @@ pub struct OptionError {
 /// and the kind's own are each checked strictly: unknown keys and bad values are errors
 /// naming the option.
 pub fn build_from(name: &str, kind: &str, options: &toml::Table) -> Result<Box<dyn sluice_flow::Source>, OptionError> {
+    if kind == "kinesis" {
+        // A consumer of a stream: none of the connection options apply.
+        return kinesis::source::build(name, parse(options.clone())?).map_err(|e| {
+            let message = match e {
+                sluice_flow::FlowError::Config { message, .. } | sluice_flow::FlowError::Fatal { message, .. } => {
+                    message
+                }
+            };
+            OptionError { field: backticked(&message), message }
+        });
+    }
     let (common, own): (toml::Table, toml::Table) =
         options.clone().into_iter().partition(|(k, _)| config::COMMON_FIELDS.contains(&k.as_str()));
     let common: CommonConfig = parse(common)?;

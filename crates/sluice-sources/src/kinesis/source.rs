@@ -1,0 +1,481 @@
+//! The `kinesis` source: reads a stream with KCL-compatible leases shared by every worker of
+//! the same `application`, and checkpoints only what the spool has durably taken.
+//!
+//! One task per held shard reads it ([`super::reader`]) from its lease's checkpoint, once its
+//! parents are done, and sends each user record on as an event. Sends from all shards go
+//! through one ledger, which remembers after how many sent events each shard reached which
+//! position; as the pipeline reports events durably spooled, the newest position of each shard
+//! at or below that count is checkpointed (every `checkpoint_interval`, at the shard's end and
+//! at shutdown). So a `kill -9` loses nothing: whoever takes a shard next re-reads it from a
+//! checkpoint that only covers spooled events, and duplicates are bounded by what was read but
+//! not yet checkpointed.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sluice_flow::{BoxFuture, Event, FlowError, Source, SourceContext};
+use tokio::sync::{Mutex, mpsc, watch};
+
+use super::backend::StreamBackend;
+use super::leases::{
+    Checkpoint as LeaseCheckpoint, DynamoConfig, DynamoLeaseTable, InitialPosition, LeaseConfig, LeaseCoordinator,
+    LeaseError, LeaseEvent, ShardInfo, default_worker_id,
+};
+use super::reader::{Checkpoint, ReaderSettings, ShardItem, read_shard};
+use super::sdk::{SdkOptions, SdkStream};
+
+/// `starting_position`: where an application with no checkpoints starts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum StartingPosition {
+    /// `"trim_horizon"` or `"latest"`.
+    Named(String),
+    /// `{ at_timestamp = "2026-12-01T00:00:00Z" }`.
+    At {
+        /// RFC 3339.
+        at_timestamp: String,
+    },
+}
+
+fn default_position() -> StartingPosition {
+    StartingPosition::Named("latest".into())
+}
+fn default_read() -> String {
+    "polling".into()
+}
+fn default_max_records() -> u32 {
+    10_000
+}
+fn default_idle() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_failover() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A `kinesis` source's options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisSourceConfig {
+    /// The stream to read.
+    pub stream_name: String,
+    /// `"aws"` (Amazon Kinesis, the default credential chain) or the URL of a
+    /// Kinesis-compatible endpoint (`sluice serve`, a pipeline's embedded stream, moto).
+    pub endpoint: String,
+    /// Region (default: the chain's, else `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The consumer group: names the lease table; workers with the same application share
+    /// the shards.
+    pub application: String,
+    /// Where the lease table lives: `"aws"` or a DynamoDB-compatible URL (default: `endpoint`,
+    /// since `sluice serve` answers both APIs on one port).
+    #[serde(default)]
+    pub leases_endpoint: Option<String>,
+    /// This worker's id in the lease table (default: host, pid and a random suffix).
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// `"trim_horizon"`, `"latest"` (default, as the KCL) or `{ at_timestamp = "RFC 3339" }`.
+    #[serde(default = "default_position")]
+    pub starting_position: StartingPosition,
+    /// `"polling"` (GetRecords).
+    #[serde(default = "default_read")]
+    pub read: String,
+    /// GetRecords `Limit`.
+    #[serde(default = "default_max_records")]
+    pub max_records: u32,
+    /// Pause after a read that found nothing new.
+    #[serde(default = "default_idle", deserialize_with = "sluice_core::duration::deserialize")]
+    pub idle_between_reads: Duration,
+    /// How long a lease lives without renewal (the KCL's `failoverTimeMillis`).
+    #[serde(default = "default_failover", deserialize_with = "sluice_core::duration::deserialize")]
+    pub failover_time: Duration,
+    /// How often spooled progress is checkpointed.
+    #[serde(default = "default_checkpoint_interval", deserialize_with = "sluice_core::duration::deserialize")]
+    pub checkpoint_interval: Duration,
+}
+
+/// Builds a `kinesis` source.
+pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, FlowError> {
+    let bad = |message: String| FlowError::Config { component: name.to_owned(), message };
+    if cfg.stream_name.is_empty() {
+        return Err(bad("`stream_name` must not be empty".into()));
+    }
+    if cfg.application.is_empty() {
+        return Err(bad("`application` must not be empty".into()));
+    }
+    if cfg.read != "polling" {
+        return Err(bad(format!("`read` = {:?} is not supported yet; use \"polling\"", cfg.read)));
+    }
+    if !(1..=10_000).contains(&cfg.max_records) {
+        return Err(bad(format!("`max_records` must be 1..=10000, not {}", cfg.max_records)));
+    }
+    if cfg.failover_time < Duration::from_millis(300) {
+        return Err(bad("`failover_time` must be at least 300ms".into()));
+    }
+    let (initial, at_ms) = match &cfg.starting_position {
+        StartingPosition::Named(n) if n == "trim_horizon" => (InitialPosition::TrimHorizon, None),
+        StartingPosition::Named(n) if n == "latest" => (InitialPosition::Latest, None),
+        StartingPosition::Named(n) => {
+            return Err(bad(format!(
+                "`starting_position` = {n:?}: expected \"trim_horizon\", \"latest\" or {{ at_timestamp = \"RFC 3339\" }}"
+            )));
+        }
+        StartingPosition::At { at_timestamp } => {
+            let t = humantime::parse_rfc3339_weak(at_timestamp)
+                .map_err(|e| bad(format!("`starting_position.at_timestamp` = {at_timestamp:?}: {e}")))?;
+            let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            (InitialPosition::AtTimestamp, Some(ms))
+        }
+    };
+    for (field, url) in [("endpoint", Some(&cfg.endpoint)), ("leases_endpoint", cfg.leases_endpoint.as_ref())] {
+        if let Some(u) = url
+            && u != "aws"
+            && url::Url::parse(u).is_err()
+        {
+            return Err(bad(format!("`{field}` = {u:?} is neither \"aws\" nor a URL")));
+        }
+    }
+    Ok(Box::new(KinesisSource { name: name.to_owned(), cfg, initial, at_ms }))
+}
+
+struct KinesisSource {
+    name: String,
+    cfg: KinesisSourceConfig,
+    initial: InitialPosition,
+    at_ms: Option<u64>,
+}
+
+/// Which positions the events sent so far reached, per shard, in send order.
+#[derive(Default)]
+struct Ledger {
+    /// Events sent since start.
+    sent: u64,
+    /// (events sent when the shard reached the position, shard, position).
+    marks: VecDeque<(u64, Arc<str>, LeaseCheckpoint)>,
+}
+
+impl Ledger {
+    /// The newest position of each shard whose events are all within the first `spooled`.
+    fn take_done(&mut self, spooled: u64) -> BTreeMap<Arc<str>, LeaseCheckpoint> {
+        let mut done = BTreeMap::new();
+        while let Some((at, _, _)) = self.marks.front() {
+            if *at > spooled {
+                break;
+            }
+            if let Some((_, shard, cp)) = self.marks.pop_front() {
+                done.insert(shard, cp);
+            }
+        }
+        done
+    }
+}
+
+struct Shared {
+    name: String,
+    leases: LeaseCoordinator,
+    backend: Arc<dyn StreamBackend>,
+    events: mpsc::Sender<Event>,
+    ledger: Mutex<Ledger>,
+    settings: ReaderSettings,
+    at_ms: Option<u64>,
+    /// Shards whose end was spooled and checkpointed: a re-sync creates their children.
+    resync: tokio::sync::Notify,
+}
+
+fn to_reader(cp: &LeaseCheckpoint, at_ms: Option<u64>) -> Checkpoint {
+    match cp {
+        LeaseCheckpoint::TrimHorizon => Checkpoint::TrimHorizon,
+        LeaseCheckpoint::Latest => Checkpoint::Latest,
+        LeaseCheckpoint::AtTimestamp => at_ms.map_or(Checkpoint::TrimHorizon, Checkpoint::AtTimestamp),
+        LeaseCheckpoint::ShardEnd => Checkpoint::ShardEnd,
+        LeaseCheckpoint::Sequence { sequence, sub } => {
+            Checkpoint::Sequence { sequence_number: sequence.clone(), sub_sequence_number: *sub }
+        }
+    }
+}
+
+impl Source for KinesisSource {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<Result<(), FlowError>> {
+        Box::pin(self.run_inner(ctx))
+    }
+}
+
+impl KinesisSource {
+    async fn run_inner(self, ctx: SourceContext) -> Result<(), FlowError> {
+        let cfg = self.cfg;
+        let mut shutdown = ctx.shutdown.clone();
+        let opts =
+            SdkOptions { endpoint: cfg.endpoint.clone(), region: cfg.region.clone(), timeout: Duration::from_secs(10) };
+        let backend: Arc<dyn StreamBackend> = Arc::new(SdkStream::connect(&cfg.stream_name, &opts).await);
+        let mut dynamo =
+            DynamoConfig::new(cfg.leases_endpoint.clone().unwrap_or_else(|| cfg.endpoint.clone()), &cfg.application);
+        dynamo.region = cfg.region.clone();
+        let table = Arc::new(DynamoLeaseTable::connect(&dynamo).await);
+        let worker = cfg.worker_id.clone().unwrap_or_else(default_worker_id);
+        let lease_cfg = LeaseConfig::new(&cfg.application, &worker).with_failover_time(cfg.failover_time);
+        let (leases, mut lease_events) = LeaseCoordinator::new(table, lease_cfg);
+        tracing::info!(source = %self.name, stream = %cfg.stream_name, application = %cfg.application, worker = %worker, "kinesis source starting");
+
+        // Table and first shard sync, retried until they work or the pipeline stops.
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let r = async {
+                leases.initialize().await.map_err(|e| e.to_string())?;
+                sync(&backend, &leases, self.initial).await
+            }
+            .await;
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(source = %self.name, error = %e, "cannot reach the stream or the lease table yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stopped(&mut shutdown) => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        let lease_task = leases.spawn();
+        let shared = Arc::new(Shared {
+            name: self.name.clone(),
+            leases: leases.clone(),
+            backend: backend.clone(),
+            events: ctx.events.clone(),
+            ledger: Mutex::new(Ledger::default()),
+            settings: ReaderSettings {
+                max_records: cfg.max_records,
+                idle_between_reads: cfg.idle_between_reads,
+                ..ReaderSettings::default()
+            },
+            at_ms: self.at_ms,
+            resync: tokio::sync::Notify::new(),
+        });
+        let spooled = ctx.spooled.clone();
+        let mut readers: HashMap<String, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> = HashMap::new();
+        let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
+        let mut sync_tick = tokio::time::interval(Duration::from_secs(60));
+        sync_tick.tick().await;
+        loop {
+            tokio::select! {
+                () = stopped(&mut shutdown) => break,
+                event = lease_events.recv() => match event {
+                    Some(LeaseEvent::Acquired { shard, checkpoint }) => {
+                        let (stop_tx, stop_rx) = watch::channel(false);
+                        let task = tokio::spawn(read_one(shared.clone(), shard.clone(), checkpoint, stop_rx));
+                        if let Some((old, _)) = readers.insert(shard, (stop_tx, task)) {
+                            let _ = old.send(true);
+                        }
+                    }
+                    Some(LeaseEvent::Lost { shard }) => {
+                        if let Some((stop, _)) = readers.remove(&shard) {
+                            let _ = stop.send(true);
+                            tracing::warn!(source = %self.name, shard = %shard, "lease lost: stopped reading the shard");
+                        }
+                    }
+                    None => break,
+                },
+                _ = checkpoint_tick.tick() => {
+                    checkpoint_spooled(&shared, spooled.as_ref()).await;
+                    readers.retain(|_, (_, task)| !task.is_finished());
+                }
+                () = shared.resync.notified() => {
+                    if let Err(e) = sync(&backend, &leases, self.initial).await {
+                        tracing::warn!(source = %self.name, error = %e, "shard sync failed");
+                    }
+                }
+                _ = sync_tick.tick() => {
+                    if let Err(e) = sync(&backend, &leases, self.initial).await {
+                        tracing::warn!(source = %self.name, error = %e, "shard sync failed");
+                    }
+                }
+            }
+        }
+
+        // Graceful stop: readers first, then the last spooled positions, then release.
+        for (stop, _) in readers.values() {
+            let _ = stop.send(true);
+        }
+        for (_, (_, task)) in readers.drain() {
+            let _ = task.await;
+        }
+        if let Some(rx) = &spooled {
+            let sent = shared.ledger.lock().await.sent;
+            let mut rx = rx.clone();
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|n| *n >= sent)).await;
+        }
+        let done = {
+            let upto = spooled.as_ref().map_or(u64::MAX, |rx| *rx.borrow());
+            shared.ledger.lock().await.take_done(upto)
+        };
+        let finals: Vec<(String, LeaseCheckpoint)> = done.into_iter().map(|(s, c)| (s.to_string(), c)).collect();
+        let report = leases.shutdown(&finals).await;
+        lease_task.abort();
+        tracing::info!(source = %self.name, checkpointed = report.checkpointed.len(), released = report.released.len(),
+            failed = report.failed.len(), "kinesis source stopped; leases released");
+        Ok(())
+    }
+}
+
+/// Resolves once `rx` says stop (or its sender is gone), holding no borrow afterwards.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Lists the shards and creates leases for new ones.
+async fn sync(
+    backend: &Arc<dyn StreamBackend>,
+    leases: &LeaseCoordinator,
+    initial: InitialPosition,
+) -> Result<(), String> {
+    let shards = backend.list_shards().await.map_err(|e| e.to_string())?;
+    let infos: Vec<ShardInfo> = shards
+        .iter()
+        .map(|s| ShardInfo {
+            id: s.id.clone(),
+            parents: s.parents(),
+            hash_range: match (
+                sluice_core::hash::parse_hash_key(&s.starting_hash_key),
+                sluice_core::hash::parse_hash_key(&s.ending_hash_key),
+            ) {
+                (Ok(start), Ok(end)) => Some(sluice_core::HashKeyRange { start, end }),
+                _ => None,
+            },
+            closed: s.closed,
+        })
+        .collect();
+    leases.sync_shards(&infos, initial).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Checkpoints, per shard, the newest position whose events are all spooled.
+async fn checkpoint_spooled(shared: &Shared, spooled: Option<&watch::Receiver<u64>>) {
+    let upto = spooled.map_or(u64::MAX, |rx| *rx.borrow());
+    let done = shared.ledger.lock().await.take_done(upto);
+    for (shard, cp) in done {
+        let r = match &cp {
+            LeaseCheckpoint::ShardEnd => {
+                let r = shared.leases.checkpoint_shard_end(&shard).await;
+                shared.resync.notify_one();
+                r
+            }
+            LeaseCheckpoint::Sequence { sequence, sub } => shared.leases.checkpoint(&shard, sequence, *sub).await,
+            _ => Ok(()),
+        };
+        match r {
+            Ok(()) => {}
+            Err(LeaseError::Lost { .. } | LeaseError::NotHeld { .. }) => {
+                tracing::info!(source = %shared.name, shard = %shard, "not checkpointed: the lease moved on");
+            }
+            Err(e) => {
+                tracing::warn!(source = %shared.name, shard = %shard, error = %e, "checkpoint failed; retried with the next one")
+            }
+        }
+    }
+}
+
+/// Reads one held shard and sends its records on, until its end, a lost lease or a stop.
+async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut stop: watch::Receiver<bool>) {
+    // Children wait for every parent's SHARD_END.
+    loop {
+        match shared.leases.parent_done(&shard).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(shard = %shard, error = %e, "parent check failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = stopped(&mut stop) => return,
+        }
+    }
+    let (tx, mut rx) = mpsc::channel::<ShardItem>(4);
+    let start = to_reader(&from, shared.at_ms);
+    let reader = tokio::spawn({
+        let backend = shared.backend.clone();
+        let settings = shared.settings.clone();
+        let shard = shard.clone();
+        let stop = stop.clone();
+        async move { read_shard(backend, &shard, start, &settings, tx, stop).await }
+    });
+    let shard_id: Arc<str> = Arc::from(shard.as_str());
+    while let Some(item) = rx.recv().await {
+        if *stop.borrow() || !shared.leases.holds(&shard) {
+            break;
+        }
+        match item {
+            ShardItem::Records { records, .. } => {
+                let mut ledger = shared.ledger.lock().await;
+                let mut last = None;
+                for r in records {
+                    let cursor = format!("{}:{}:{}", r.shard_id, r.sequence_number, r.sub_sequence_number);
+                    last = Some(LeaseCheckpoint::Sequence {
+                        sequence: r.sequence_number.to_string(),
+                        sub: r.sub_sequence_number,
+                    });
+                    let event = Event { payload: r.data, cursor: Some(cursor), received_ms: sluice_flow::now_ms() };
+                    if shared.events.send(event).await.is_err() {
+                        return;
+                    }
+                    ledger.sent += 1;
+                }
+                if let Some(cp) = last {
+                    let sent = ledger.sent;
+                    ledger.marks.push_back((sent, shard_id.clone(), cp));
+                }
+            }
+            ShardItem::CaughtUp => {}
+            ShardItem::End { .. } => {
+                let mut ledger = shared.ledger.lock().await;
+                let sent = ledger.sent;
+                ledger.marks.push_back((sent, shard_id.clone(), LeaseCheckpoint::ShardEnd));
+                tracing::info!(source = %shared.name, shard = %shard, "shard read to its end");
+                break;
+            }
+        }
+    }
+    reader.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ledger_hands_out_only_spooled_positions_newest_per_shard() {
+        let mut l = Ledger::default();
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        let seq = |s: &str| LeaseCheckpoint::Sequence { sequence: s.into(), sub: 0 };
+        l.marks.push_back((3, a.clone(), seq("1")));
+        l.marks.push_back((5, b.clone(), seq("7")));
+        l.marks.push_back((9, a.clone(), seq("2")));
+        assert!(l.take_done(2).is_empty());
+        let d = l.take_done(5);
+        assert_eq!(d.get(&a), Some(&seq("1")));
+        assert_eq!(d.get(&b), Some(&seq("7")));
+        let d = l.take_done(100);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d.get(&a), Some(&seq("2")));
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let parse = |t: &str| -> Result<KinesisSourceConfig, String> { toml::from_str(t).map_err(|e| e.to_string()) };
+        let base = "stream_name = \"s\"\nendpoint = \"http://127.0.0.1:1\"\napplication = \"app\"\n";
+        let c = parse(base).expect("base");
+        assert!(build("k", c).is_ok());
+        assert!(parse(&format!("{base}bogus = 1\n")).is_err(), "unknown keys are refused");
+        let c =
+            parse(&format!("{base}starting_position = {{ at_timestamp = \"2026-12-01T00:00:00Z\" }}\n")).expect("ts");
+        assert!(build("k", c).is_ok());
+        let c = parse(&format!("{base}starting_position = \"oldest\"\n")).expect("parses");
+        assert!(build("k", c).is_err());
+        let c = parse(&format!("{base}read = \"fanout\"\n")).expect("parses");
+        assert!(build("k", c).is_err());
+    }
+}
