@@ -6,16 +6,23 @@ graceful stop checkpoints what was spooled, and a restart reads only what came a
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 
+from conftest import sluice_bin
+
 from pipeline_helpers import (  # noqa: F401  (fixtures)
+    kinesis_sink_toml,
     pipeline_factory,
     pipeline_toml,
     wait_for,
+    ws_feed_factory,
+    ws_source_toml,
 )
+from providers import Feed
 
 
 def archived(path: Path) -> list[dict]:
@@ -68,3 +75,54 @@ def test_a_pipeline_reads_a_stream_with_leases_and_resumes_from_its_checkpoints(
              details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
     got = sorted(r["i"] for r in archived(archive))
     assert got == list(range(350)), f"{len(got)} records, {len(got) - len(set(got))} duplicates"
+
+
+def test_stream_to_stream_on_the_embedded_default(tmp_path, ws_feed_factory, pipeline_factory):
+    """One pipeline: a websocket feed into its embedded stream. Another process: a `kinesis`
+    source reading that stream (leases on the same embedded server) into a file."""
+    feed = Feed(total=400)
+    provider = ws_feed_factory(feed)
+    produce = pipeline_toml(
+        tmp_path / "produce",
+        ws_source_toml("feed", provider.url, resume_url=provider.url + "?after={cursor}"),
+        kinesis_sink_toml("out", ["feed"], "race"),
+    )
+    producer = pipeline_factory(produce, name="produce")
+    archive = tmp_path / "archive"
+    source = "\n".join([
+        "[sources.in]", 'type = "kinesis"', 'stream_name = "race"', f'endpoint = "{producer.embedded_url}"',
+        'application = "archiver"', 'starting_position = "trim_horizon"', 'idle_between_reads = "50ms"',
+        'checkpoint_interval = "200ms"',
+    ]) + "\n"
+    sinks = "\n".join(["[sinks.archive]", 'type = "file"', 'inputs = ["in"]', f'path = "{archive}"']) + "\n"
+    consumer = pipeline_factory(pipeline_toml(tmp_path / "consume", source, sinks, embedded=False),
+                                name="consume", expect_embedded=False)
+    wait_for(lambda: len(archived(archive)) >= feed.total, 90, f"{feed.total} events archived",
+             details=lambda: f"{len(archived(archive))} so far\n{consumer.log_tail(20)}")
+    got = archived(archive)
+    assert sorted(json.dumps(r, separators=(",", ":")) for r in got) == sorted(
+        json.dumps(json.loads(feed.payload(s)), separators=(",", ":")) for s in range(1, feed.total + 1)
+    )
+
+
+def test_the_stream_to_stream_example_files_are_valid():
+    root = Path(__file__).resolve().parents[2] / "examples" / "stream-to-stream"
+    for name in ("produce.toml", "consume.toml"):
+        r = subprocess.run([sluice_bin(), "validate", str(root / name)], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_kinesis_source_without_endpoint_reads_its_own_embedded_stream(tmp_path, ws_feed_factory, pipeline_factory):
+    feed = Feed(total=200)
+    provider = ws_feed_factory(feed)
+    archive = tmp_path / "archive"
+    sources = ws_source_toml("feed", provider.url, resume_url=provider.url + "?after={cursor}") + "\n".join([
+        "[sources.in]", 'type = "kinesis"', 'stream_name = "race"', 'application = "self"',
+        'starting_position = "trim_horizon"', 'idle_between_reads = "50ms"',
+    ]) + "\n"
+    sinks = kinesis_sink_toml("out", ["feed"], "race") + "\n" + "\n".join(
+        ["[sinks.archive]", 'type = "file"', 'inputs = ["in"]', f'path = "{archive}"']) + "\n"
+    run = pipeline_factory(pipeline_toml(tmp_path / "data", sources, sinks))
+    wait_for(lambda: len(archived(archive)) >= feed.total, 90, f"{feed.total} events archived",
+             details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
+    assert sorted(r["seq"] for r in archived(archive)) == list(range(1, feed.total + 1))

@@ -39,6 +39,9 @@ pub enum PipelineError {
     /// The data directory could not be used.
     #[error("data directory: {0}")]
     Storage(#[from] sluice_storage::StorageError),
+    /// The embedded stream's lease tables could not be opened.
+    #[error("lease tables: {0}")]
+    Tables(#[from] sluice_dynamodb::OpenError),
     /// A listener could not be bound.
     #[error("{what} on {addr}: {source}")]
     Listen {
@@ -58,7 +61,7 @@ fn durability(s: &str) -> Durability {
 /// Checks a file completely (syntax, graph, every component's options) without running it.
 pub fn validate(cfg: &PipelineConfig) -> Result<(), ConfigError> {
     for c in &cfg.sources {
-        registry::build_source(cfg, c)?;
+        registry::build_source(cfg, c, Some("http://127.0.0.1:4567"))?;
     }
     let probe = tempdir_like(&cfg.data_dir);
     for c in &cfg.sinks {
@@ -84,15 +87,22 @@ impl Pipeline {
     /// Starts everything a file describes.
     pub async fn start(cfg: PipelineConfig, metrics: Option<PrometheusHandle>) -> Result<Pipeline, PipelineError> {
         let data_dir = cfg.data_dir.clone();
-        let embedded = if cfg.sinks.iter().any(registry::wants_embedded) {
+        let wanted = cfg.sinks.iter().any(registry::wants_embedded) || cfg.sources.iter().any(registry::wants_embedded);
+        let embedded = if wanted {
             let mut store_cfg = sluice_storage::StoreConfig::new(data_dir.join("stream"));
             store_cfg.durability = durability(&cfg.embedded.durability);
             let store = sluice_storage::Store::open(store_cfg)?;
-            let server = sluice_kinesis_api::Server::start(
+            // The embedded stream also answers the DynamoDB API, so that `kinesis` sources
+            // (here or in other processes) keep their KCL lease tables beside it.
+            let mut db_cfg = sluice_dynamodb::DbConfig::new(data_dir.join("dynamodb"));
+            db_cfg.fsync = durability(&cfg.embedded.durability) == Durability::Fsync;
+            let db = sluice_dynamodb::Db::open(db_cfg)?;
+            let server = sluice_kinesis_api::Server::start_with_dynamodb(
                 store.clone(),
                 Default::default(),
                 cfg.embedded.listen,
                 metrics.clone(),
+                Some(Arc::new(db)),
             )
             .await
             .map_err(|source| PipelineError::Listen {
@@ -109,7 +119,7 @@ impl Pipeline {
             .map(|(s, _)| registry::Embedded { url: format!("http://{}", s.local_addr), api: Some(s.local()) });
         let mut sources = Vec::new();
         for c in &cfg.sources {
-            sources.push((c.name.clone(), registry::build_source(&cfg, c)?));
+            sources.push((c.name.clone(), registry::build_source(&cfg, c, reach.as_ref().map(|e| e.url.as_str()))?));
         }
         let mut sinks = Vec::new();
         for c in &cfg.sinks {

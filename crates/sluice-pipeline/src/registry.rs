@@ -35,8 +35,13 @@ fn backticked(message: &str) -> Option<String> {
     Some(message[start..end].to_owned())
 }
 
-/// Builds a source from its table.
-pub fn build_source(cfg: &PipelineConfig, c: &ComponentConfig) -> Result<Box<dyn Source>, ConfigError> {
+/// Builds a source from its table; a `kinesis` source without `endpoint` reads the embedded
+/// stream at `embedded_url`.
+pub fn build_source(
+    cfg: &PipelineConfig,
+    c: &ComponentConfig,
+    embedded_url: Option<&str>,
+) -> Result<Box<dyn Source>, ConfigError> {
     if !sluice_sources::KINDS.contains(&c.kind.as_str()) {
         return Err(cfg.error_at(
             c,
@@ -45,13 +50,19 @@ pub fn build_source(cfg: &PipelineConfig, c: &ComponentConfig) -> Result<Box<dyn
             format!("unknown source type {:?}; known: {:?}", c.kind, sluice_sources::KINDS),
         ));
     }
-    sluice_sources::build_from(&c.name, &c.kind, &c.options).map_err(|e| {
+    let mut options = c.options.clone();
+    if wants_embedded(c)
+        && let Some(url) = embedded_url
+    {
+        options.insert("endpoint".into(), toml::Value::String(url.to_owned()));
+    }
+    sluice_sources::build_from(&c.name, &c.kind, &options).map_err(|e| {
         let first_line = e.message.lines().next().unwrap_or("").trim().to_owned();
         cfg.error_at(c, "sources", e.field.as_deref(), first_line)
     })
 }
 
-/// Whether a sink needs the embedded stream (a `kinesis` sink without `endpoint`).
+/// Whether a sink or source needs the embedded stream (`kinesis` without `endpoint`).
 pub fn wants_embedded(c: &ComponentConfig) -> bool {
     c.kind == "kinesis" && !c.options.contains_key("endpoint")
 }
