@@ -126,3 +126,92 @@ def test_a_kinesis_source_without_endpoint_reads_its_own_embedded_stream(tmp_pat
     wait_for(lambda: len(archived(archive)) >= feed.total, 90, f"{feed.total} events archived",
              details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
     assert sorted(r["seq"] for r in archived(archive)) == list(range(1, feed.total + 1))
+
+
+def consumer_toml(tmp_path, name, endpoint, application, extra=()):
+    archive = tmp_path / f"archive-{name}"
+    source = "\n".join([
+        "[sources.in]", 'type = "kinesis"', 'stream_name = "src"', f'endpoint = "{endpoint}"',
+        f'application = "{application}"', f'worker_id = "{name}"', 'starting_position = "trim_horizon"',
+        'failover_time = "2s"', 'checkpoint_interval = "200ms"', 'idle_between_reads = "50ms"', *extra,
+    ]) + "\n"
+    sinks = "\n".join(["[sinks.archive]", 'type = "file"', 'inputs = ["in"]', f'path = "{archive}"']) + "\n"
+    return pipeline_toml(tmp_path / f"data-{name}", source, sinks, embedded=False), archive
+
+
+def test_kill_9_of_a_worker_loses_nothing(server, kinesis, tmp_path, pipeline_factory):
+    kinesis.create_stream(StreamName="src", ShardCount=4)
+    put(kinesis, "src", 0, 400)
+    text_a, arch_a = consumer_toml(tmp_path, "a", server.url, "app")
+    text_b, arch_b = consumer_toml(tmp_path, "b", server.url, "app")
+    a = pipeline_factory(text_a, name="a", expect_embedded=False)
+    b = pipeline_factory(text_b, name="b", expect_embedded=False)
+
+    def union():
+        return {r["i"] for r in archived(arch_a) + archived(arch_b)}
+
+    wait_for(lambda: len(union()) == 400, 60, "the first 400 records")
+    ddb = boto3.client("dynamodb", endpoint_url=server.url, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+
+    def table():
+        return {i["leaseKey"]["S"]: (i.get("leaseOwner", {}).get("S"), i["checkpoint"]["S"])
+                for i in ddb.scan(TableName="app", ConsistentRead=True)["Items"]}
+
+    def settled():
+        t = table()
+        owners = sorted(o for o, _ in t.values())
+        return len(t) == 4 and owners == ["a", "a", "b", "b"] and all(c.isdigit() for _, c in t.values())
+
+    # Balanced (2 + 2) and every shard checkpointed: the leases were stolen from a at start
+    # before its first checkpoint, so b read those shards again (counted below).
+    wait_for(settled, 30, "2 + 2 leases, all checkpointed", details=lambda: str(table()))
+    dups_before = len(archived(arch_a) + archived(arch_b)) - len(union())
+    a.kill()
+    put(kinesis, "src", 400, 800)
+    # b takes a's leases once they expire (failover_time 2 s, a scan every 4 s) and reads them
+    # from a's last checkpoint.
+    wait_for(lambda: len(union()) == 800, 60, "every record after the kill",
+             details=lambda: f"{len(union())} of 800\n{b.log_tail(20)}")
+    got = [r["i"] for r in archived(arch_a) + archived(arch_b)]
+    dups = len(got) - len(set(got))
+    print(f"a read {len(archived(arch_a))}, b read {len(archived(arch_b))}, "
+          f"duplicates {dups_before} before the kill (leases stolen before a's first checkpoint), "
+          f"{dups - dups_before} after it")
+    assert set(got) == set(range(800))
+    # a had checkpointed everything it read: b resumes a's shards exactly there.
+    assert dups - dups_before == 0
+
+
+def test_a_split_while_reading_keeps_per_key_order_and_cleans_up_the_parent(server, kinesis, tmp_path, pipeline_factory):
+    kinesis.create_stream(StreamName="src", ShardCount=1)
+    keys = [f"k{j}" for j in range(10)]
+
+    def put_keyed(start, end):
+        recs = [{"Data": json.dumps({"i": i, "k": keys[i % 10]}).encode(), "PartitionKey": keys[i % 10]}
+                for i in range(start, end)]
+        for s in range(0, len(recs), 250):
+            assert kinesis.put_records(StreamName="src", Records=recs[s:s + 250])["FailedRecordCount"] == 0
+
+    put_keyed(0, 300)
+    text, archive = consumer_toml(tmp_path, "r", server.url, "resharder")
+    run = pipeline_factory(text, name="r", expect_embedded=False)
+    wait_for(lambda: len(archived(archive)) >= 300, 60, "the records before the split")
+    kinesis.split_shard(StreamName="src", ShardToSplit="shardId-000000000000", NewStartingHashKey=str(2**127))
+    put_keyed(300, 600)
+    wait_for(lambda: len(archived(archive)) >= 600, 90, "the records after the split",
+             details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
+    got = archived(archive)
+    assert sorted(r["i"] for r in got) == list(range(600))
+    for k in keys:
+        order = [r["i"] for r in got if r["k"] == k]
+        assert order == sorted(order), f"key {k} out of order across the split"
+    ddb = boto3.client("dynamodb", endpoint_url=server.url, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+
+    def leases():
+        return {i["leaseKey"]["S"]: i["checkpoint"]["S"] for i in ddb.scan(TableName="resharder")["Items"]}
+
+    wait_for(lambda: "shardId-000000000000" not in leases(), 60, "the parent's lease deleted",
+             details=lambda: str(leases()))
+    assert set(leases()) == {"shardId-000000000001", "shardId-000000000002"}
