@@ -95,6 +95,11 @@ pub struct KinesisSourceConfig {
     /// How long a lease lives without renewal (the KCL's `failoverTimeMillis`).
     #[serde(default = "default_failover", deserialize_with = "sluice_core::duration::deserialize")]
     pub failover_time: Duration,
+    /// How often the lease table is scanned for leases to take (default: `failover_time / 4`,
+    /// faster than the KCL's `2 × failover_time`, so a crashed worker's shards move on within
+    /// about `failover_time + take_interval` and a released one within `take_interval`).
+    #[serde(default, deserialize_with = "sluice_core::duration::deserialize_opt")]
+    pub take_interval: Option<Duration>,
     /// How often spooled progress is checkpointed.
     #[serde(default = "default_checkpoint_interval", deserialize_with = "sluice_core::duration::deserialize")]
     pub checkpoint_interval: Duration,
@@ -117,6 +122,9 @@ pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, Fl
     }
     if cfg.failover_time < Duration::from_millis(300) {
         return Err(bad("`failover_time` must be at least 300ms".into()));
+    }
+    if cfg.take_interval.is_some_and(|t| t < Duration::from_millis(50)) {
+        return Err(bad("`take_interval` must be at least 50ms".into()));
     }
     let (initial, at_ms) = match &cfg.starting_position {
         StartingPosition::Named(n) if n == "trim_horizon" => (InitialPosition::TrimHorizon, None),
@@ -218,7 +226,8 @@ impl KinesisSource {
         dynamo.region = cfg.region.clone();
         let table = Arc::new(DynamoLeaseTable::connect(&dynamo).await);
         let worker = cfg.worker_id.clone().unwrap_or_else(default_worker_id);
-        let lease_cfg = LeaseConfig::new(&cfg.application, &worker).with_failover_time(cfg.failover_time);
+        let mut lease_cfg = LeaseConfig::new(&cfg.application, &worker).with_failover_time(cfg.failover_time);
+        lease_cfg.take_interval = cfg.take_interval.unwrap_or(cfg.failover_time / 4);
         let (leases, mut lease_events) = LeaseCoordinator::new(table, lease_cfg);
         tracing::info!(source = %self.name, stream = %cfg.stream_name, application = %cfg.application, worker = %worker, "kinesis source starting");
 
