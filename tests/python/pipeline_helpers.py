@@ -268,7 +268,7 @@ class SluiceRun(Process):
         self.metrics_url: str | None = None
         self.embedded_url: str | None = None
 
-    def start(self, expect_embedded=True):
+    def start(self, expect_embedded=True, expect_healthy=True):
         binary = sluice_bin()
         if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
             pytest.fail(
@@ -281,10 +281,11 @@ class SluiceRun(Process):
         self.embedded_url = None
         if expect_embedded:
             self.embedded_url = self.wait_line(EMBEDDED_RE, timeout=5).group(1)
+        wanted = (200,) if expect_healthy else (200, 503)
         wait_for(
-            lambda: requests.get(self.metrics_url + "/health", timeout=2).status_code == 200,
+            lambda: requests.get(self.metrics_url + "/health", timeout=2).status_code in wanted,
             STARTUP_TIMEOUT,
-            f"GET {self.metrics_url}/health to answer 200",
+            f"GET {self.metrics_url}/health to answer {' or '.join(map(str, wanted))}",
             interval=0.05,
             details=self.log_tail,
         )
@@ -522,13 +523,13 @@ def pipeline_factory(tmp_path, request):
     on it; every pipeline is stopped at teardown, and one that died by itself fails the test."""
     runs: list[SluiceRun] = []
 
-    def start(text: str, name="pipeline", expect_embedded=True) -> SluiceRun:
+    def start(text: str, name="pipeline", expect_embedded=True, expect_healthy=True) -> SluiceRun:
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         run = SluiceRun(path, tmp_path / "logs", name=f"sluice-run-{name}")
         runs.append(run)
         _register(request, run)
-        return run.start(expect_embedded=expect_embedded)
+        return run.start(expect_embedded=expect_embedded, expect_healthy=expect_healthy)
 
     yield start
 

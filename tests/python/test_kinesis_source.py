@@ -244,3 +244,20 @@ def test_sigterm_hands_a_workers_shards_over_at_once(server, kinesis, tmp_path, 
     assert set(got) == set(range(300))
     # a checkpointed everything it had spooled before releasing: nothing is read twice.
     assert len(got) - 300 == dups_before
+
+
+def test_a_missing_stream_is_an_alarm_until_it_exists(server, kinesis, tmp_path, pipeline_factory):
+    text, archive = consumer_toml(tmp_path, "w", server.url, "late")
+    run = pipeline_factory(text, name="w", expect_embedded=False, expect_healthy=False)
+
+    def health():
+        code, body = run.health_response()
+        return code, body or {}
+
+    wait_for(lambda: health()[0] == 503 and any(a["alarm"] == "stream_unavailable" for a in health()[1].get("alarms", [])),
+             30, "/health 503 with stream_unavailable", details=lambda: str(health()))
+    kinesis.create_stream(StreamName="src", ShardCount=1)
+    put(kinesis, "src", 0, 20)
+    wait_for(lambda: len(archived(archive)) == 20, 60, "the records once the stream exists",
+             details=lambda: f"{health()}\n{run.log_tail(10)}")
+    assert health()[0] == 200

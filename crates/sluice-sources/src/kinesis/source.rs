@@ -26,6 +26,9 @@ use super::leases::{
 use super::reader::{Checkpoint, ReaderSettings, ShardItem, read_shard};
 use super::sdk::{SdkOptions, SdkStream};
 
+/// The alarm raised while the stream or the lease table cannot be reached at start.
+const UNAVAILABLE: &str = "stream_unavailable";
+
 /// `starting_position`: where an application with no checkpoints starts.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -240,8 +243,18 @@ impl KinesisSource {
             }
             .await;
             match r {
-                Ok(()) => break,
+                Ok(()) => {
+                    if ctx.alarms.clear(UNAVAILABLE) {
+                        tracing::info!(source = %self.name, "stream and lease table reachable again");
+                    }
+                    break;
+                }
                 Err(e) => {
+                    // /health answers 503 with this while the source cannot start reading.
+                    if ctx.alarms.raise(UNAVAILABLE, format!("cannot start reading: {e}")) {
+                        metrics::counter!("sluice_kinesis_start_failures_total", "source" => self.name.clone())
+                            .increment(1);
+                    }
                     tracing::warn!(source = %self.name, error = %e, "cannot reach the stream or the lease table yet; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
