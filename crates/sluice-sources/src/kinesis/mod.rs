@@ -2,6 +2,7 @@
 //! Amazon Kinesis) with KCL-compatible leases: lease management ([`leases`]), shard reading
 //! ([`backend`], [`reader`], [`sdk`]) and the source that joins them ([`source`]).
 
+mod aws;
 pub mod backend;
 pub mod leases;
 pub mod reader;

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_kinesis::config::{BehaviorVersion, Region};
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
 
+use super::aws::{aws_chain, env_or_placeholder_credentials};
 use super::backend::{Fetched, Page, Position, ReadError, ReadFuture, ShardDesc, StreamBackend};
 
 /// A Kinesis stream reached through the AWS SDK.
@@ -41,10 +42,7 @@ impl SdkStream {
             .operation_timeout(opts.timeout)
             .build();
         let conf = if opts.endpoint == "aws" {
-            let region = aws_config::meta::region::RegionProviderChain::first_try(opts.region.clone().map(Region::new))
-                .or_default_provider()
-                .or_else(Region::from_static("us-east-1"));
-            let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+            let shared = aws_chain(opts.region.clone()).await;
             aws_sdk_kinesis::config::Builder::from(&shared)
                 .retry_config(RetryConfig::disabled())
                 .timeout_config(timeouts)
@@ -53,7 +51,7 @@ impl SdkStream {
             aws_sdk_kinesis::Config::builder()
                 .behavior_version(BehaviorVersion::latest())
                 .region(Region::new(opts.region.clone().unwrap_or_else(|| "us-east-1".to_owned())))
-                .credentials_provider(static_credentials())
+                .credentials_provider(env_or_placeholder_credentials())
                 .endpoint_url(&opts.endpoint)
                 .retry_config(RetryConfig::disabled())
                 .timeout_config(timeouts)
@@ -160,21 +158,6 @@ impl StreamBackend for SdkStream {
 
     fn get_records<'a>(&'a self, iterator: &'a str, limit: u32) -> ReadFuture<'a, Page> {
         Box::pin(self.records(iterator, limit))
-    }
-}
-
-/// `AWS_ACCESS_KEY_ID` & co. if set, else fixed dummy keys (local endpoints check only that a
-/// signature is present).
-fn static_credentials() -> Credentials {
-    match std::env::var("AWS_ACCESS_KEY_ID") {
-        Ok(id) if !id.is_empty() => Credentials::new(
-            id,
-            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-            std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
-            None,
-            "environment",
-        ),
-        _ => Credentials::new("sluice", "sluice", None, None, "sluice-static"),
     }
 }
 

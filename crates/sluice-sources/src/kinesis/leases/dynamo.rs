@@ -15,6 +15,7 @@ use aws_sdk_dynamodb::types::{
     KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
 };
 
+use super::super::aws::{aws_chain, env_or_placeholder_credentials};
 use super::table::{
     Attr, CHECKPOINT, Item, LEASE_COUNTER, LEASE_KEY, Lease, LeaseTable, TableError, TableFuture, Update, Write,
     lease_from_item, lease_to_item, write_updates,
@@ -60,19 +61,6 @@ pub struct DynamoLeaseTable {
     create_timeout: Duration,
 }
 
-fn env_or_placeholder_credentials() -> Credentials {
-    match std::env::var("AWS_ACCESS_KEY_ID") {
-        Ok(id) if !id.is_empty() => Credentials::new(
-            id,
-            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-            std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
-            None,
-            "environment",
-        ),
-        _ => Credentials::new("sluice", "sluice", None, None, "sluice-static"),
-    }
-}
-
 impl DynamoLeaseTable {
     /// Builds the SDK client for the configured endpoint (the SDK's own retries are on; a
     /// refused condition is never retried).
@@ -83,11 +71,7 @@ impl DynamoLeaseTable {
             .operation_timeout(config.request_timeout * 3)
             .build();
         let conf = if config.endpoint == "aws" {
-            let region =
-                aws_config::meta::region::RegionProviderChain::first_try(config.region.clone().map(Region::new))
-                    .or_default_provider()
-                    .or_else(Region::from_static("us-east-1"));
-            let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
+            let shared = aws_chain(config.region.clone()).await;
             aws_sdk_dynamodb::config::Builder::from(&shared)
                 .retry_config(RetryConfig::standard().with_max_attempts(3))
                 .timeout_config(timeouts)
