@@ -117,6 +117,17 @@ pub(crate) enum Header {
     Bad,
 }
 
+impl Header {
+    /// The ordinal before a segment's records, per its header (`first_ordinal - 1` when the
+    /// header is not a valid one for a segment named `first_ordinal`).
+    pub(crate) fn prev_last(&self, first_ordinal: u64) -> u64 {
+        match *self {
+            Header::V2 { first_ordinal: f, prev_last } if f == first_ordinal && prev_last < first_ordinal => prev_last,
+            _ => first_ordinal - 1,
+        }
+    }
+}
+
 /// Parses the first bytes of a segment file.
 pub(crate) fn parse_header(b: &[u8]) -> Header {
     if b.len() >= 16 && b[..8] == SEGMENT_MAGIC_V1 {
@@ -454,6 +465,19 @@ pub(crate) struct DamageRange {
     pub after: u64,
     /// The first intact ordinal after it in this segment, if any.
     pub before: Option<u64>,
+}
+
+impl DamageRange {
+    /// The last intact ordinal before the range, or the one before the segment's records.
+    pub(crate) fn after_or(&self, first_ordinal: u64) -> u64 {
+        if self.after == 0 { first_ordinal - 1 } else { self.after }
+    }
+
+    /// Records lost inside a segment whose records start at `first_ordinal`, measured by the
+    /// intact records around the range (0 for a range at the end).
+    pub(crate) fn lost_inside(&self, first_ordinal: u64) -> u64 {
+        self.before.map_or(0, |b| b.saturating_sub(self.after_or(first_ordinal) + 1))
+    }
 }
 
 /// What a full scan learned about one segment.

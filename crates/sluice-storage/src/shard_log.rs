@@ -170,30 +170,12 @@ struct Found {
     trusted: bool,
 }
 
-impl Found {
-    /// The ordinal before this segment's records, per its header.
-    fn header_prev_last(&self) -> u64 {
-        match self.s.header {
-            Header::V2 { first_ordinal, prev_last } if first_ordinal == self.first && prev_last < self.first => {
-                prev_last
-            }
-            _ => self.first - 1,
-        }
-    }
-}
-
-/// Records lost in a damaged range inside a segment whose records start at `first`.
-fn lost_between(r: &DamageRange, first: u64) -> u64 {
-    let after = if r.after == 0 { first - 1 } else { r.after };
-    r.before.map_or(0, |b| b.saturating_sub(after + 1))
-}
-
 /// Records lost in a damaged range of a segment whose records start at `first` and whose last
 /// record (per the index) is `seg_last`.
 fn range_loss(r: &DamageRange, first: u64, seg_last: u64) -> u64 {
     match r.before {
-        Some(_) => lost_between(r, first),
-        None => seg_last.saturating_sub(if r.after == 0 { first - 1 } else { r.after }),
+        Some(_) => r.lost_inside(first),
+        None => seg_last.saturating_sub(r.after_or(first)),
     }
 }
 
@@ -262,7 +244,7 @@ impl ShardLog {
         let total = found.len();
         for (i, mut f) in found.into_iter().enumerate() {
             let newest = i + 1 == total;
-            let hdr_prev = f.header_prev_last();
+            let hdr_prev = f.s.header.prev_last(f.first);
             let mut fix_prev = None;
             if let Some(pl) = prev_last {
                 if hdr_prev > pl {
@@ -303,7 +285,7 @@ impl ShardLog {
                         continue;
                     }
                     let copy = damage.quarantine(&f.path, &f.file, r.start, r.end).map(|(p, _)| p)?;
-                    let after = if r.after == 0 { f.first - 1 } else { r.after };
+                    let after = r.after_or(f.first);
                     let max_header = segment::header_ordinals(&bytes).into_iter().filter(|&o| o > after).max();
                     let lost = max_header.map_or(0, |m| m - after);
                     tail_lost_to = tail_lost_to.max(max_header.unwrap_or(0));
@@ -314,7 +296,7 @@ impl ShardLog {
                 let copy = damage.quarantine(&f.path, &f.file, r.start, r.end).map(|(p, _)| p)?;
                 if r.before.is_some() {
                     let what = if r.start == 0 { "damaged segment header" } else { "damaged records" };
-                    damage.report(&f.path, r.start, r.end, lost_between(r, f.first), Some(&copy), what);
+                    damage.report(&f.path, r.start, r.end, r.lost_inside(f.first), Some(&copy), what);
                 } else {
                     pending_tail = Some((f.path.clone(), r.start, r.end, Some(copy)));
                 }
@@ -782,10 +764,7 @@ impl ShardLog {
         if s.is_clean() && s.valid_len == len && s.last_ordinal == last_ordinal {
             return Ok(());
         }
-        let hdr_prev = match s.header {
-            Header::V2 { first_ordinal, prev_last } if first_ordinal == first && prev_last < first => prev_last,
-            _ => first - 1,
-        };
+        let hdr_prev = s.header.prev_last(first);
         let mut drops = Vec::new();
         for r in &s.damage {
             drops.push((r.start, r.end));

@@ -109,10 +109,7 @@ fn verify_shard(dir: &Path, report: &mut VerifyReport) -> Result<(), StorageErro
             continue;
         }
         report.records += s.records;
-        let hdr_prev = match s.header {
-            Header::V2 { first_ordinal, prev_last } if first_ordinal == first && prev_last < first => prev_last,
-            _ => first - 1,
-        };
+        let hdr_prev = s.header.prev_last(first);
         let mut lost = 0u64;
         let mut what = Vec::new();
         let pending_tail = tail_entry.take();
@@ -130,11 +127,11 @@ fn verify_shard(dir: &Path, report: &mut VerifyReport) -> Result<(), StorageErro
         let damaged_end = s.damage.last().is_some_and(|r| r.before.is_none()) && i + 1 < n;
         for r in &s.damage {
             match r.before {
-                Some(b) => lost += b.saturating_sub(if r.after == 0 { first } else { r.after + 1 }),
+                Some(_) => lost += r.lost_inside(first),
                 None if i + 1 == n => {
                     let mut bytes = vec![0u8; usize::try_from(r.end - r.start).unwrap_or(0)];
                     std::os::unix::fs::FileExt::read_exact_at(&file, &mut bytes, r.start).map_err(at(&path))?;
-                    let after = if r.after == 0 { first - 1 } else { r.after };
+                    let after = r.after_or(first);
                     lost += segment::header_ordinals(&bytes).into_iter().filter(|&o| o > after).count() as u64;
                 }
                 // A sealed segment's damaged end: measured by the next segment's header.
