@@ -351,16 +351,21 @@ fn keep_once(spool: &Spool, floors: &Floors, status: &SharedStatus, max_age: Opt
         if let Some(age) = max_age {
             let before = spool.first_ordinal(source).unwrap_or(0);
             let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
-            match spool.trim_older_than(source, cutoff) {
+            // The status stays locked across the trim: a sink that sees the spool's first
+            // ordinal move passes its watermark over the deleted records, and were that seen
+            // here first, they would look acknowledged and their loss would go uncounted.
+            let (trimmed, live) = {
+                let st = lock(status);
+                let trimmed = spool.trim_older_than(source, cutoff);
+                // Records above the lowest live watermark were not acknowledged by every
+                // reader: they are lost to that sink.
+                let live = readers.keys().filter_map(|sink| st.sinks.get(sink)?.watermarks.get(source).copied()).min();
+                (trimmed, live)
+            };
+            match trimmed {
                 Ok(t) if t.segments > 0 => {
                     counter!("sluice_pipeline_spool_trimmed_segments_total", "source" => source.clone())
                         .increment(t.segments);
-                    // Records above the lowest live watermark were not acknowledged by every
-                    // reader: they are lost to that sink.
-                    let live = {
-                        let st = lock(status);
-                        readers.keys().filter_map(|sink| st.sinks.get(sink)?.watermarks.get(source).copied()).min()
-                    };
                     let expired = live.map_or(0, |w| {
                         t.first_ordinal.saturating_sub(1).saturating_sub(w.max(before.saturating_sub(1)))
                     });
