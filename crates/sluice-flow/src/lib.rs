@@ -56,6 +56,37 @@ pub struct Event {
     pub cursor: Option<String>,
     /// When it arrived, epoch ms.
     pub received_ms: u64,
+    /// Where it was read from, for a record a `kinesis` source read from a stream.
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// Where a record read from a Kinesis stream came from: what a `kinesis` source knows of each
+/// user record. It is spooled with the record and handed to the sinks, since Lambda-style
+/// handlers and Firehose-style delivery name it (`eventID`, `partitionKey`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Origin {
+    /// The stream's name.
+    pub stream: String,
+    /// The stream's ARN, when the source knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_arn: Option<String>,
+    /// `shardId-000000000000`.
+    pub shard_id: String,
+    /// The Kinesis record's sequence number (of the aggregate, for a KPL user record).
+    pub sequence_number: String,
+    /// The user record's index inside a KPL aggregate (0 for a plain record).
+    #[serde(default)]
+    pub sub_sequence_number: u64,
+    /// Whether it came out of a KPL aggregate.
+    #[serde(default)]
+    pub aggregated: bool,
+    /// The (user record's) partition key.
+    pub partition_key: String,
+    /// The user record's explicit hash key, if an aggregate carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explicit_hash_key: Option<String>,
+    /// `ApproximateArrivalTimestamp`, epoch ms.
+    pub arrival_ms: u64,
 }
 
 /// Everything a source is given when it starts.
@@ -158,6 +189,8 @@ pub struct Record {
     pub payload: Bytes,
     /// When the source received it, epoch ms (for end-to-end latency).
     pub received_ms: u64,
+    /// Where the source read it from, if it came from a stream (see [`Origin`]).
+    pub origin: Option<Arc<Origin>>,
 }
 
 /// A sink's answer about records it is done with.

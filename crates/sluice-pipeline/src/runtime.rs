@@ -678,6 +678,7 @@ async fn feeder(
                 id: (index << ORDINAL_BITS) | (ordinal & ORDINAL_MASK),
                 payload: r.payload,
                 received_ms: r.received_ms,
+                origin: r.origin,
             };
             // Without waiting when the sink has room (the common case), else until it has.
             let record = match tx.try_send(record) {
@@ -884,6 +885,7 @@ mod tests {
                         payload: Bytes::from(format!("{{\"seq\":{i}}}")),
                         cursor: Some(i.to_string()),
                         received_ms: 0,
+                        origin: None,
                     };
                     if ctx.events.send(e).await.is_err() {
                         break;
@@ -1015,7 +1017,12 @@ mod tests {
                     let h = ctx.history.as_ref().map(|h| h.recent(3, 0));
                     *self.history.lock().unwrap_or_else(|p| p.into_inner()) = h;
                     for i in 1..=5u64 {
-                        let e = Event { payload: Bytes::from(format!("e{i}")), cursor: None, received_ms: 1_000 + i };
+                        let e = Event {
+                            payload: Bytes::from(format!("e{i}")),
+                            cursor: None,
+                            received_ms: 1_000 + i,
+                            origin: None,
+                        };
                         if ctx.events.send(e).await.is_err() {
                             break;
                         }

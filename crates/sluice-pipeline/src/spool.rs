@@ -3,7 +3,8 @@
 //! It is the storage engine of the embedded stream used as a local log: one single-shard
 //! stream per source under `data_dir/spool`, appended with group commit (fsync by default),
 //! each record carrying the event's payload and, in the key field, the time the source
-//! received it and the source cursor after it (see [`encode_key`]). So a source resumes from
+//! received it, the source cursor after it and, for records read from a stream, their
+//! [`Origin`] (see [`encode_key`]). So a source resumes from
 //! the cursor of the last spooled event, a slow or failing sink never holds up the provider's
 //! connection, and each sink reads at its own pace from its own watermark (kept in
 //! `data_dir/state/<sink>.json`, advanced only over acknowledged records).
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use sluice_flow::{Event, SpooledHistory};
+use sluice_flow::{Event, Origin, SpooledHistory};
 use sluice_storage::{AppendRecord, Durability, StorageError, Store, StoreConfig, StoredRecord, StreamMeta, Trimmed};
 
 /// How the spool is kept.
@@ -58,6 +59,8 @@ pub struct Spooled {
     pub received_ms: u64,
     /// The event's payload.
     pub payload: Bytes,
+    /// Where its source read it from (a stream), if it did.
+    pub origin: Option<Arc<Origin>>,
 }
 
 /// Most events and bytes each source's in-memory tail keeps.
@@ -70,6 +73,7 @@ struct Kept {
     arrival_ms: u64,
     received_ms: u64,
     payload: Bytes,
+    origin: Option<Arc<Origin>>,
 }
 
 /// The newest durable events of one source, kept in memory so that feeders that keep up hand
@@ -119,6 +123,7 @@ impl Tail {
                     arrival_ms: e.arrival_ms,
                     received_ms: e.received_ms,
                     payload: e.payload.clone(),
+                    origin: e.origin.clone(),
                 })
                 .collect(),
         )
@@ -133,29 +138,77 @@ const TAG: u32 = 1;
 /// starts with a NUL, so a key without this shape is read as such an old, bare cursor.
 const KEY_MARK: char = '\0';
 
-/// The key field of a spool record: when the source received the event and its cursor.
-pub fn encode_key(received_ms: u64, cursor: Option<&str>) -> String {
-    format!("{KEY_MARK}{received_ms}{KEY_MARK}{}", cursor.unwrap_or(""))
+/// Marks a key that also carries the event's [`Origin`]:
+/// `\x01<received_ms>\0<origin as JSON>\0<cursor>` (JSON escapes every control character, so
+/// the first NUL after it ends it).
+const ORIGIN_MARK: char = '\u{1}';
+
+/// What a spool record's key field holds.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Key<'a> {
+    /// When the source received the event, if recorded.
+    pub received_ms: Option<u64>,
+    /// The source's cursor after it, if any.
+    pub cursor: Option<&'a str>,
+    /// Where the source read it from, if it came from a stream.
+    pub origin: Option<Origin>,
 }
 
-/// Reads a key written by [`encode_key`] or by an earlier version (the bare cursor): the
-/// received time, if recorded (0 counts as not recorded), and the cursor, if any.
-pub fn decode_key(key: &str) -> (Option<u64>, Option<&str>) {
+/// The key field of a spool record: when the source received the event, its cursor and its
+/// origin.
+pub fn encode_key(received_ms: u64, cursor: Option<&str>, origin: Option<&Origin>) -> String {
+    let cursor = cursor.unwrap_or("");
+    match origin.and_then(|o| serde_json::to_string(o).ok()) {
+        Some(json) => format!("{ORIGIN_MARK}{received_ms}{KEY_MARK}{json}{KEY_MARK}{cursor}"),
+        None => format!("{KEY_MARK}{received_ms}{KEY_MARK}{cursor}"),
+    }
+}
+
+/// Reads a key written by [`encode_key`] or by an earlier version (the bare cursor). A
+/// received time of 0 counts as not recorded. An origin that does not parse is left out (the
+/// record still reaches the sinks; the loss of its metadata is counted and logged).
+pub fn decode_key(key: &str) -> Key<'_> {
+    let ms_of =
+        |ms: &str| (!ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())).then(|| ms.parse::<u64>().ok())?;
+    if let Some(rest) = key.strip_prefix(ORIGIN_MARK)
+        && let Some((ms, rest)) = rest.split_once(KEY_MARK)
+        && let Some(ms) = ms_of(ms)
+        && let Some((json, cursor)) = rest.split_once(KEY_MARK)
+    {
+        let origin = match serde_json::from_str::<Origin>(json) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                metrics::counter!("sluice_pipeline_spool_origin_unreadable_total").increment(1);
+                tracing::warn!(error = %e, "a spooled record's origin does not parse; delivered without it");
+                None
+            }
+        };
+        return Key {
+            received_ms: Some(ms).filter(|&ms| ms > 0),
+            cursor: Some(cursor).filter(|c| !c.is_empty()),
+            origin,
+        };
+    }
     let parsed = key.strip_prefix(KEY_MARK).and_then(|rest| {
         let (ms, cursor) = rest.split_once(KEY_MARK)?;
-        let ms = (!ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())).then(|| ms.parse::<u64>().ok())??;
-        Some((ms, cursor))
+        Some((ms_of(ms)?, cursor))
     });
     let (received, cursor) = match parsed {
         Some((ms, cursor)) => (Some(ms).filter(|&ms| ms > 0), cursor),
         None => (None, key),
     };
-    (received, Some(cursor).filter(|c| !c.is_empty()))
+    Key { received_ms: received, cursor: Some(cursor).filter(|c| !c.is_empty()), origin: None }
 }
 
 fn spooled_of(r: StoredRecord) -> Spooled {
-    let received_ms = decode_key(&r.partition_key).0.unwrap_or(r.arrival_ms);
-    Spooled { ordinal: r.ordinal, arrival_ms: r.arrival_ms, received_ms, payload: Bytes::from(r.data) }
+    let key = decode_key(&r.partition_key);
+    Spooled {
+        ordinal: r.ordinal,
+        arrival_ms: r.arrival_ms,
+        received_ms: key.received_ms.unwrap_or(r.arrival_ms),
+        origin: key.origin.map(Arc::new),
+        payload: Bytes::from(r.data),
+    }
 }
 
 impl Spool {
@@ -190,12 +243,13 @@ impl Spool {
 
     /// Appends events in order; returns the ordinal of the last one. Durable on return.
     pub async fn append(&self, source: &str, events: Vec<Event>) -> Result<u64, StorageError> {
-        let meta: Vec<(u64, Bytes)> = events.iter().map(|e| (e.received_ms, e.payload.clone())).collect();
+        let meta: Vec<(u64, Bytes, Option<Arc<Origin>>)> =
+            events.iter().map(|e| (e.received_ms, e.payload.clone(), e.origin.clone())).collect();
         let records = events
             .into_iter()
             .map(|e| AppendRecord {
                 shard: 0,
-                partition_key: encode_key(e.received_ms, e.cursor.as_deref()),
+                partition_key: encode_key(e.received_ms, e.cursor.as_deref(), e.origin.as_deref()),
                 data: e.payload,
             })
             .collect();
@@ -204,10 +258,11 @@ impl Spool {
             let kept: Vec<Kept> = done
                 .iter()
                 .zip(meta)
-                .map(|(a, (received_ms, payload))| Kept {
+                .map(|(a, (received_ms, payload, origin))| Kept {
                     arrival_ms: a.arrival_ms,
                     received_ms: if received_ms > 0 { received_ms } else { a.arrival_ms },
                     payload,
+                    origin,
                 })
                 .collect();
             tail.lock().unwrap_or_else(|p| p.into_inner()).push(first.ordinal, &kept);
@@ -253,7 +308,7 @@ impl Spool {
         // The newest record, not the one at `next_ordinal - 1`: ordinals may skip (after
         // damage, or after an unclean shutdown that cost bytes at the end).
         let last = self.store.read_last(source, TAG, 0)?;
-        Ok(last.and_then(|r| decode_key(&r.partition_key).1.map(str::to_owned)))
+        Ok(last.and_then(|r| decode_key(&r.partition_key).cursor.map(str::to_owned)))
     }
 
     /// Up to `max` of the newest spooled events received at or after `since_ms`, oldest first.
@@ -637,15 +692,44 @@ mod tests {
 
     #[test]
     fn keys_carry_received_time_and_cursor_and_old_bare_cursors_still_read() {
-        assert_eq!(decode_key(&encode_key(1_700_000_000_123, Some("42"))), (Some(1_700_000_000_123), Some("42")));
-        assert_eq!(decode_key(&encode_key(5, None)), (Some(5), None));
-        assert_eq!(decode_key(&encode_key(0, Some("7"))), (None, Some("7")), "0: not recorded");
-        assert_eq!(decode_key(&encode_key(9, Some("a\0b"))), (Some(9), Some("a\0b")));
+        let rc = |k: &str| {
+            let k = decode_key(k);
+            assert_eq!(k.origin, None);
+            (k.received_ms, k.cursor.map(str::to_owned))
+        };
+        let s = |c: &str| Some(c.to_owned());
+        assert_eq!(rc(&encode_key(1_700_000_000_123, Some("42"), None)), (Some(1_700_000_000_123), s("42")));
+        assert_eq!(rc(&encode_key(5, None, None)), (Some(5), None));
+        assert_eq!(rc(&encode_key(0, Some("7"), None)), (None, s("7")), "0: not recorded");
+        assert_eq!(rc(&encode_key(9, Some("a\0b"), None)), (Some(9), s("a\0b")));
         // Keys of earlier versions: the cursor alone (or nothing).
-        assert_eq!(decode_key("1234"), (None, Some("1234")));
-        assert_eq!(decode_key(""), (None, None));
-        assert_eq!(decode_key("evt-9:x"), (None, Some("evt-9:x")));
-        assert_eq!(decode_key("\0x\0y"), (None, Some("\0x\0y")), "not our shape: a bare cursor");
+        assert_eq!(rc("1234"), (None, s("1234")));
+        assert_eq!(rc(""), (None, None));
+        assert_eq!(rc("evt-9:x"), (None, s("evt-9:x")));
+        assert_eq!(rc("\0x\0y"), (None, s("\0x\0y")), "not our shape: a bare cursor");
+    }
+
+    #[test]
+    fn keys_carry_a_records_origin_whatever_its_strings_hold() {
+        let origin = Origin {
+            stream: "orders".into(),
+            stream_arn: Some("arn:aws:kinesis:us-east-1:000000000000:stream/orders".into()),
+            shard_id: "shardId-000000000003".into(),
+            sequence_number: "49650000000000000000000000000000000000000000000000000003".into(),
+            sub_sequence_number: 4,
+            aggregated: true,
+            partition_key: "key\0with\u{1}nul and \"quotes\" ü".into(),
+            explicit_hash_key: None,
+            arrival_ms: 1_700_000_000_456,
+        };
+        let key = encode_key(1_700_000_000_500, Some("shardId-000000000003:4965:4\0x"), Some(&origin));
+        let k = decode_key(&key);
+        assert_eq!(k.received_ms, Some(1_700_000_000_500));
+        assert_eq!(k.cursor, Some("shardId-000000000003:4965:4\0x"));
+        assert_eq!(k.origin.as_ref(), Some(&origin));
+        // A damaged origin costs the metadata, not the record or its cursor.
+        let k = decode_key("\u{1}12\0{not json\0c-9");
+        assert_eq!((k.received_ms, k.cursor, k.origin), (Some(12), Some("c-9"), None));
     }
 
     /// A spool written by the previous version (cursor alone in the key, 24 h retention in its
@@ -676,7 +760,7 @@ mod tests {
         assert_eq!(next, 4);
         assert!(old.iter().all(|e| e.received_ms == e.arrival_ms && e.received_ms > 0), "{old:?}");
         let received = old[2].received_ms + 5;
-        let e = Event { payload: Bytes::from("new4"), cursor: Some("4".into()), received_ms: received };
+        let e = Event { payload: Bytes::from("new4"), cursor: Some("4".into()), received_ms: received, origin: None };
         assert_eq!(rt.block_on(spool.append("feed", vec![e])).expect("append"), 4);
         assert_eq!(spool.read("feed", 4, 1).expect("read").0[0].received_ms, received, "from memory");
         spool.shutdown();
@@ -701,8 +785,12 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let opts = SpoolOptions { segment_bytes: 2048, ..SpoolOptions::default() };
         let spool = Spool::open(dir.path(), &opts, &["feed".to_owned()]).expect("open");
-        let ev =
-            |i: u64| Event { payload: Bytes::from(format!("{i:0>100}")), cursor: Some(i.to_string()), received_ms: i };
+        let ev = |i: u64| Event {
+            payload: Bytes::from(format!("{i:0>100}")),
+            cursor: Some(i.to_string()),
+            received_ms: i,
+            origin: None,
+        };
         rt.block_on(spool.append("feed", (1..=100).map(ev).collect())).expect("append");
         let got = spool.recent("feed", 5, 0).expect("recent");
         assert_eq!(got.iter().map(|e| e.received_ms).collect::<Vec<_>>(), vec![96, 97, 98, 99, 100]);
@@ -726,14 +814,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
         let spool = Spool::open(dir.path(), &SpoolOptions::default(), &["feed".to_owned()]).expect("open");
+        // The second event came from a stream: its origin is kept, in memory and on disk.
+        let origin = |i: u64| {
+            (i == 2).then(|| {
+                Arc::new(Origin {
+                    stream: "s".into(),
+                    stream_arn: None,
+                    shard_id: "shardId-000000000000".into(),
+                    sequence_number: "77".into(),
+                    sub_sequence_number: 1,
+                    aggregated: true,
+                    partition_key: "pk".into(),
+                    explicit_hash_key: Some("12".into()),
+                    arrival_ms: 5,
+                })
+            })
+        };
         let events = (1..=3)
             .map(|i| Event {
                 payload: bytes::Bytes::from(format!("e{i}")),
                 cursor: Some(i.to_string()),
                 received_ms: 0,
+                origin: origin(i),
             })
             .collect();
         assert_eq!(rt.block_on(spool.append("feed", events)).expect("append"), 3);
+        let (records, _) = spool.read("feed", 1, 10).expect("read");
+        assert_eq!(records.iter().map(|r| r.origin.clone()).collect::<Vec<_>>(), vec![None, origin(2), None]);
         assert_eq!(spool.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
         let (records, next) = spool.read("feed", 2, 10).expect("read");
         assert_eq!(records.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), vec![&b"e2"[..], &b"e3"[..]]);
@@ -743,18 +850,28 @@ mod tests {
         let again = Spool::open(dir.path(), &SpoolOptions::default(), &["feed".to_owned()]).expect("reopen");
         assert_eq!(again.last_cursor("feed").expect("cursor").as_deref(), Some("3"));
         assert_eq!(again.next_ordinal("feed").expect("next"), 4);
+        let (records, _) = again.read("feed", 1, 10).expect("read from disk");
+        assert_eq!(records.iter().map(|r| r.origin.clone()).collect::<Vec<_>>(), vec![None, origin(2), None]);
     }
 
     #[test]
     fn the_tail_keeps_the_newest_contiguous_events() {
-        let ev = |o: u64| Kept { arrival_ms: o * 10, received_ms: o * 10 - 1, payload: Bytes::from(format!("e{o}")) };
+        let ev = |o: u64| Kept {
+            arrival_ms: o * 10,
+            received_ms: o * 10 - 1,
+            payload: Bytes::from(format!("e{o}")),
+            origin: None,
+        };
         let mut t = Tail::default();
         t.push(5, &[ev(5), ev(6), ev(7)]);
         assert_eq!(t.read(4, 10), None, "before the tail: read from disk");
         assert_eq!(t.read(8, 10), None, "past the tail: ask the store");
         let got = t.read(6, 10).expect("kept");
         assert_eq!(got.iter().map(|e| e.ordinal).collect::<Vec<_>>(), vec![6, 7]);
-        assert_eq!(got[0], Spooled { ordinal: 6, arrival_ms: 60, received_ms: 59, payload: Bytes::from("e6") });
+        assert_eq!(
+            got[0],
+            Spooled { ordinal: 6, arrival_ms: 60, received_ms: 59, payload: Bytes::from("e6"), origin: None }
+        );
         assert_eq!(t.read(5, 1).expect("kept").len(), 1);
         t.push(9, &[ev(9)]);
         assert_eq!(t.read(7, 10), None, "a gap resets the tail");

@@ -42,6 +42,7 @@ const BATCH: usize = 10_000;
 /// compression = "gzip"
 /// max_bytes = 104857600
 /// max_age = "1h"
+/// metadata = false
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +63,10 @@ pub struct FileConfig {
     /// Start a new file once the current one is this old, e.g. `"15m"`. Default `"1h"`.
     #[serde(default = "default_max_age", with = "sluice_core::duration")]
     pub max_age: Duration,
+    /// Write each record as an object with its origin (stream, shard, sequence number, ...,
+    /// when a `kinesis` source read it), `received_ms` and the payload as `data`. Default false.
+    #[serde(default)]
+    pub metadata: bool,
 }
 
 /// Compression of the files.
@@ -104,12 +109,13 @@ pub fn build(name: &str, config: FileConfig, data_dir: &Path) -> Result<Box<dyn 
         current: None,
         seq: 0,
     };
-    Ok(Box::new(FileSink { name: name.to_owned(), writer }))
+    Ok(Box::new(FileSink { name: name.to_owned(), writer, metadata: config.metadata }))
 }
 
 struct FileSink {
     name: String,
     writer: Writer,
+    metadata: bool,
 }
 
 impl Sink for FileSink {
@@ -141,7 +147,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn run(sink: FileSink, ctx: SinkContext) -> Result<(), FlowError> {
-    let FileSink { name, writer } = sink;
+    let FileSink { name, writer, metadata } = sink;
     let SinkContext { mut records, acks, shutdown, .. } = ctx;
     let stop = stopped(shutdown);
     tokio::pin!(stop);
@@ -172,7 +178,7 @@ async fn run(sink: FileSink, ctx: SinkContext) -> Result<(), FlowError> {
         }
         buf.clear();
         for r in &batch {
-            crate::line::encode(&r.payload, &mut buf);
+            crate::line::encode_record(r, metadata, &mut buf);
         }
         let mut failures = 0u32;
         loop {

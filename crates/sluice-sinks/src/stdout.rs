@@ -11,31 +11,37 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 /// Most records written per flush.
 const BATCH: usize = 4096;
 
-/// Writes records to standard output. It has no options:
+/// Writes records to standard output.
 ///
 /// ```toml
 /// [sinks.console]
 /// type = "stdout"
 /// inputs = ["telemetry"]
+/// metadata = false
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StdoutConfig {}
+pub struct StdoutConfig {
+    /// Write each record as an object with its origin, `received_ms` and the payload as
+    /// `data` (see the file sink). Default false.
+    #[serde(default)]
+    pub metadata: bool,
+}
 
 /// Builds the sink.
 pub fn build(name: &str, config: StdoutConfig, _data_dir: &Path) -> Result<Box<dyn Sink>, FlowError> {
-    let StdoutConfig {} = config;
-    Ok(to_writer(name, tokio::io::stdout()))
+    Ok(Box::new(StdoutSink { name: name.to_owned(), out: Box::new(tokio::io::stdout()), metadata: config.metadata }))
 }
 
 /// The same sink writing to any writer (tests, embedding).
 pub fn to_writer(name: &str, out: impl AsyncWrite + Send + Unpin + 'static) -> Box<dyn Sink> {
-    Box::new(StdoutSink { name: name.to_owned(), out: Box::new(out) })
+    Box::new(StdoutSink { name: name.to_owned(), out: Box::new(out), metadata: false })
 }
 
 struct StdoutSink {
     name: String,
     out: Box<dyn AsyncWrite + Send + Unpin>,
+    metadata: bool,
 }
 
 impl Sink for StdoutSink {
@@ -45,7 +51,7 @@ impl Sink for StdoutSink {
 }
 
 async fn run(sink: StdoutSink, ctx: SinkContext) -> Result<(), FlowError> {
-    let StdoutSink { name, mut out } = sink;
+    let StdoutSink { name, mut out, metadata } = sink;
     let SinkContext { mut records, acks, shutdown, .. } = ctx;
     let stop = crate::file::stopped(shutdown);
     tokio::pin!(stop);
@@ -59,7 +65,7 @@ async fn run(sink: StdoutSink, ctx: SinkContext) -> Result<(), FlowError> {
         }
         buf.clear();
         for r in &batch {
-            crate::line::encode(&r.payload, &mut buf);
+            crate::line::encode_record(r, metadata, &mut buf);
         }
         let written = async {
             out.write_all(&buf).await?;
@@ -98,7 +104,7 @@ mod tests {
         };
         let task = tokio::spawn(sink.run(ctx));
         for (id, p) in [(1, &b"{\"a\":1}"[..]), (2, b"text")] {
-            tx.send(Record { id, payload: Bytes::from_static(p), received_ms: 0 }).await.expect("send");
+            tx.send(Record { id, payload: Bytes::from_static(p), received_ms: 0, origin: None }).await.expect("send");
         }
         drop(tx);
         task.await.expect("join").expect("run");

@@ -16,6 +16,7 @@ fn config(dir: &Path) -> FileConfig {
         compression: FileCompression::None,
         max_bytes: 128 * 1024 * 1024,
         max_age: Duration::from_secs(3600),
+        metadata: false,
     }
 }
 

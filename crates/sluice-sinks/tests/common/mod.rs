@@ -196,7 +196,7 @@ impl Harness {
     }
 
     pub async fn send(&self, id: u64, payload: impl Into<Bytes>) {
-        let r = Record { id, payload: payload.into(), received_ms: sluice_flow::now_ms() };
+        let r = Record { id, payload: payload.into(), received_ms: sluice_flow::now_ms(), origin: None };
         self.records.as_ref().expect("open").send(r).await.expect("sink is running");
     }
 

@@ -14,8 +14,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Deserialize;
-use sluice_flow::{BoxFuture, Event, FlowError, Source, SourceContext};
+use sluice_flow::{BoxFuture, DeadLetters, Event, FlowError, Origin, Source, SourceContext};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::backend::StreamBackend;
@@ -23,7 +24,7 @@ use super::leases::{
     Checkpoint as LeaseCheckpoint, DynamoConfig, DynamoLeaseTable, InitialPosition, LeaseConfig, LeaseCoordinator,
     LeaseError, LeaseEvent, ShardInfo, default_worker_id,
 };
-use super::reader::{Checkpoint, ReaderSettings, ShardItem, read_shard};
+use super::reader::{Checkpoint, ReaderSettings, ShardItem, ShardRecord, read_shard};
 use super::sdk::{SdkOptions, SdkStream};
 
 /// The alarm raised while the stream or the lease table cannot be reached at start.
@@ -106,6 +107,49 @@ pub struct KinesisSourceConfig {
     /// How often spooled progress is checkpointed.
     #[serde(default = "default_checkpoint_interval", deserialize_with = "sluice_core::duration::deserialize")]
     pub checkpoint_interval: Duration,
+    /// Undo the kinesis sink's `compression`: records that are a gzip member or a zstd frame
+    /// (told by their magic numbers) are decompressed, others passed on as they are. One that
+    /// does not decompress is dead-lettered (`decompress_failed`). Default false.
+    #[serde(default)]
+    pub decompress: bool,
+}
+
+/// Largest record `decompress` produces (the spool's record limit); a larger one is
+/// dead-lettered rather than allowed to exhaust memory.
+const MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
+
+/// Decompresses a gzip member (or several) or a zstd frame; anything else is returned as is.
+fn decompress(data: Bytes) -> Result<Bytes, String> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(data.len() * 4);
+    let limit = MAX_DECOMPRESSED as u64 + 1;
+    let read = if data.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(&data[..]).take(limit).read_to_end(&mut out)
+    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::read::Decoder::new(&data[..]).and_then(|d| d.take(limit).read_to_end(&mut out))
+    } else {
+        return Ok(data);
+    };
+    match read {
+        Ok(n) if n > MAX_DECOMPRESSED => Err(format!("decompresses to more than {MAX_DECOMPRESSED} bytes")),
+        Ok(_) => Ok(Bytes::from(out)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What the sinks learn of a record's place in the stream.
+fn origin_of(stream: &str, r: &ShardRecord) -> Origin {
+    Origin {
+        stream: stream.to_owned(),
+        stream_arn: None,
+        shard_id: r.shard_id.to_string(),
+        sequence_number: r.sequence_number.to_string(),
+        sub_sequence_number: r.sub_sequence_number,
+        aggregated: r.aggregated,
+        partition_key: r.partition_key.clone(),
+        explicit_hash_key: r.explicit_hash_key.clone(),
+        arrival_ms: r.arrival_ms,
+    }
 }
 
 /// Builds a `kinesis` source.
@@ -192,6 +236,8 @@ struct Shared {
     leases: LeaseCoordinator,
     backend: Arc<dyn StreamBackend>,
     events: mpsc::Sender<Event>,
+    dead_letters: DeadLetters,
+    decompress: bool,
     ledger: Mutex<Ledger>,
     settings: ReaderSettings,
     at_ms: Option<u64>,
@@ -270,6 +316,8 @@ impl KinesisSource {
             leases: leases.clone(),
             backend: backend.clone(),
             events: ctx.events.clone(),
+            dead_letters: ctx.dead_letters.clone(),
+            decompress: cfg.decompress,
             ledger: Mutex::new(Ledger::default()),
             settings: ReaderSettings {
                 max_records: cfg.max_records,
@@ -431,15 +479,29 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
         }
         match item {
             ShardItem::Records { records, .. } => {
+                let stream = shared.backend.stream_name().to_owned();
                 let mut ledger = shared.ledger.lock().await;
                 let mut last = None;
-                for r in records {
+                for mut r in records {
                     let cursor = format!("{}:{}:{}", r.shard_id, r.sequence_number, r.sub_sequence_number);
                     last = Some(LeaseCheckpoint::Sequence {
                         sequence: r.sequence_number.to_string(),
                         sub: r.sub_sequence_number,
                     });
-                    let event = Event { payload: r.data, cursor: Some(cursor), received_ms: sluice_flow::now_ms() };
+                    if shared.decompress {
+                        match decompress(r.data.clone()) {
+                            Ok(data) => r.data = data,
+                            Err(e) => {
+                                // Kept whole in the dead letters; reading goes on past it.
+                                let detail = format!("{cursor}: {e}");
+                                shared.dead_letters.write("decompress_failed", &detail, &r.data);
+                                continue;
+                            }
+                        }
+                    }
+                    let origin = Some(Arc::new(origin_of(&stream, &r)));
+                    let event =
+                        Event { payload: r.data, cursor: Some(cursor), received_ms: sluice_flow::now_ms(), origin };
                     if shared.events.send(event).await.is_err() {
                         return;
                     }
@@ -483,6 +545,25 @@ mod tests {
         let d = l.take_done(100);
         assert_eq!(d.len(), 1);
         assert_eq!(d.get(&a), Some(&seq("2")));
+    }
+
+    #[test]
+    fn decompress_undoes_gzip_and_zstd_and_passes_the_rest() {
+        use std::io::Write;
+        let payload = br#"{"racer":7,"lap":3}"#.repeat(50);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&payload).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        assert_eq!(decompress(Bytes::from(gz.clone())).expect("gzip"), Bytes::from(payload.clone()));
+        let zs = zstd::bulk::compress(&payload, 3).expect("zstd");
+        assert_eq!(decompress(Bytes::from(zs.clone())).expect("zstd"), Bytes::from(payload.clone()));
+        assert_eq!(
+            decompress(Bytes::from_static(b"{\"plain\":1}")).expect("plain"),
+            Bytes::from_static(b"{\"plain\":1}")
+        );
+        assert!(decompress(Bytes::from(gz[..gz.len() / 2].to_vec())).is_err(), "a cut gzip member");
+        assert!(decompress(Bytes::from(zs[..zs.len() - 3].to_vec())).is_err(), "a cut zstd frame");
+        assert!(decompress(Bytes::from_static(b"\x1f\x8bnot gzip")).is_err());
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl Admission {
         self.metrics.messages.increment(1);
         self.metrics.bytes.increment(payload.len() as u64);
         self.last_forward = Some(Instant::now());
-        out.push(Event { payload, cursor: self.resume_cursor(), received_ms });
+        out.push(Event { payload, cursor: self.resume_cursor(), received_ms, origin: None });
     }
 
     /// Moves the resume position to `c` (an integer cursor only forwards).
