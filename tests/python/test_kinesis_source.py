@@ -68,6 +68,17 @@ def test_a_pipeline_reads_a_stream_with_leases_and_resumes_from_its_checkpoints(
     items = wait_for(checkpointed, 30, "both leases checkpointed at sequence numbers")
     assert {i["leaseKey"]["S"] for i in items} == {"shardId-000000000000", "shardId-000000000001"}
     assert all(i["leaseOwner"]["S"] for i in items)
+    # /health shows the worker, its leases and each shard's checkpoint, as the table holds them.
+    table = {i["leaseKey"]["S"]: f'{i["checkpoint"]["S"]}:{i["checkpointSubSequenceNumber"]["N"]}' for i in items}
+
+    def reported():
+        r = run.source("in").get("report") or {}
+        shards = r.get("shards", {})
+        return r.get("leases_held") == 2 and {s: v.get("checkpoint") for s, v in shards.items()} == table and r
+    report = wait_for(reported, 10, "/health reporting both leases at the table's checkpoints",
+                      details=lambda: f"{run.source('in')} vs {table}")
+    assert report["worker"] == items[0]["leaseOwner"]["S"] and report["application"] == "copier"
+    assert sum(s["read"] for s in report["shards"].values()) == 300
 
     run.stop()
     put(kinesis, "src", 300, 350)

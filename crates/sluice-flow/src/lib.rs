@@ -113,6 +113,28 @@ pub struct SourceContext {
     /// upstream before that (the `kinesis` source's checkpoints) waits on it. `None` where
     /// there is no spool: sent counts as taken.
     pub spooled: Option<watch::Receiver<u64>>,
+    /// What the source reports about itself for `/health` (see [`SourceReport`]).
+    pub report: SourceReport,
+}
+
+/// What a source reports about itself beyond the pipeline's counters (the `kinesis` source:
+/// its worker id and the shards it holds, with their checkpoints): a JSON value that `/health`
+/// shows under the source as `report`. Cheap to clone; every clone sees the same value.
+#[derive(Debug, Clone, Default)]
+pub struct SourceReport {
+    inner: Arc<Mutex<Option<serde_json::Value>>>,
+}
+
+impl SourceReport {
+    /// Replaces the report.
+    pub fn set(&self, report: serde_json::Value) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// The current report, if the source made one.
+    pub fn get(&self) -> Option<serde_json::Value> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Read access to what a source already spooled.

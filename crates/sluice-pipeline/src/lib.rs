@@ -139,6 +139,7 @@ impl Pipeline {
         let (ops_stop, ops_rx) = tokio::sync::watch::channel(false);
         let health = Health {
             status: running.status.clone(),
+            reports: running.reports.clone(),
             alarms: running.alarms.clone(),
             sink_alarms: running.sink_alarms.clone(),
             stores: Arc::new(store_watches(&running, embedded.as_ref().map(|(_, st)| st.clone()))),
@@ -214,6 +215,7 @@ struct StoreWatch {
 #[derive(Clone)]
 struct Health {
     status: runtime::SharedStatus,
+    reports: runtime::Reports,
     alarms: runtime::AlarmBoards,
     sink_alarms: runtime::AlarmBoards,
     stores: Arc<Vec<StoreWatch>>,
@@ -253,7 +255,7 @@ fn all_alarms(h: &Health) -> Vec<runtime::RaisedAlarm> {
 /// alarms with their details, and the live counters either way. Also sets the health gauges
 /// (`sluice_pipeline_healthy`, `sluice_pipeline_alarm{component, alarm}`).
 fn health_response(h: &Health) -> (axum::http::StatusCode, serde_json::Value) {
-    let snapshot = h.status.lock().map(|g| g.clone()).unwrap_or_default();
+    let snapshot = runtime::status_snapshot(&h.status, &h.reports);
     let alarms = all_alarms(h);
     let healthy = alarms.is_empty();
     let code = if healthy { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
@@ -330,6 +332,7 @@ mod tests {
         let f = failing.clone();
         let h = Health {
             status: Default::default(),
+            reports: Default::default(),
             alarms: Arc::new(vec![("feed".into(), a.clone()), ("other".into(), b.clone())]),
             sink_alarms: Arc::new(vec![("out".into(), sink.clone())]),
             stores: Arc::new(vec![StoreWatch {

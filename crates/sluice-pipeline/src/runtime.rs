@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use sluice_flow::{Ack, Alarms, DeadLetters, Event, Record, Sink, SinkContext, Source, SourceContext};
+use sluice_flow::{Ack, Alarms, DeadLetters, Event, Record, Sink, SinkContext, Source, SourceContext, SourceReport};
 use sluice_storage::StorageError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -75,6 +75,9 @@ pub struct SourceStatus {
     pub spool_next: u64,
     /// Events `[spool] max_age` deleted before every sink reading the source had them.
     pub expired: u64,
+    /// What the source reports about itself (a `kinesis` source: its leases), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
 }
 
 /// One sink's live counters.
@@ -156,10 +159,26 @@ pub struct Running {
     pub alarms: AlarmBoards,
     /// Every sink's alarm board, by sink name (`sink_failing`).
     pub sink_alarms: AlarmBoards,
+    /// What each source reports about itself, by source name.
+    pub reports: Reports,
 }
 
 /// The alarm boards of a pipeline's components, by component name.
 pub type AlarmBoards = Arc<Vec<(String, Alarms)>>;
+
+/// The sources' own reports, by source name.
+pub type Reports = Arc<Vec<(String, SourceReport)>>;
+
+/// The live counters with each source's own report.
+pub fn status_snapshot(status: &SharedStatus, reports: &Reports) -> Status {
+    let mut snapshot = lock(status).clone();
+    for (name, report) in reports.iter() {
+        if let Some(s) = snapshot.sources.get_mut(name) {
+            s.report = report.get();
+        }
+    }
+    snapshot
+}
 
 fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, Status> {
     s.lock().unwrap_or_else(|p| p.into_inner())
@@ -179,6 +198,7 @@ pub fn start(
     let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
     let mut tasks = Vec::new();
     let mut boards = Vec::new();
+    let mut reports = Vec::new();
     let floors: Floors = Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), BTreeMap::new())).collect()));
     let mut watched_sources = Vec::new();
     let mut watched_sinks = Vec::new();
@@ -191,9 +211,11 @@ pub fn start(
         gauge!("sluice_pipeline_spool_blocked", "source" => name.clone()).set(0.0);
         let alarms = Alarms::default();
         boards.push((name.clone(), alarms.clone()));
+        let report = SourceReport::default();
+        reports.push((name.clone(), report.clone()));
         lock(&status)
             .sources
-            .insert(name.clone(), SourceStatus { spooled: 0, cursor: resume.clone(), spool_next: next, expired: 0 });
+            .insert(name.clone(), SourceStatus { cursor: resume.clone(), spool_next: next, ..SourceStatus::default() });
         if let Some(c) = &resume {
             tracing::info!(source = %name, cursor = %c, "resuming after the last spooled event");
         }
@@ -209,6 +231,7 @@ pub fn start(
             alarms: alarms.clone(),
             history: Some(Arc::new(SpoolHistory::new(spool.clone(), name.clone()))),
             spooled: Some(spooled_rx),
+            report: report.clone(),
         };
         let source_name = name.clone();
         tasks.push(tokio::spawn(async move {
@@ -303,7 +326,16 @@ pub fn start(
     tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx.clone())));
     let sink_alarms = Arc::new(watched_sinks.iter().map(|w| (w.name.clone(), w.alarms.clone())).collect());
     tasks.push(tokio::spawn(monitor(watched_sources, watched_sinks, opts.sink_failing_after, shutdown_rx)));
-    Ok(Running { shutdown: shutdown_tx, tasks, sink_tasks, spool, status, alarms: Arc::new(boards), sink_alarms })
+    Ok(Running {
+        shutdown: shutdown_tx,
+        tasks,
+        sink_tasks,
+        spool,
+        status,
+        alarms: Arc::new(boards),
+        sink_alarms,
+        reports: Arc::new(reports),
+    })
 }
 
 fn lock_floors(f: &Floors) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, u64>>> {
@@ -859,7 +891,7 @@ impl Running {
 
     /// A snapshot of the live counters.
     pub fn status(&self) -> Status {
-        lock(&self.status).clone()
+        status_snapshot(&self.status, &self.reports)
     }
 }
 

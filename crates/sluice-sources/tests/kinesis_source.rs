@@ -70,6 +70,7 @@ struct Worker {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), sluice_flow::FlowError>>,
     spool: tokio::task::JoinHandle<()>,
+    report: sluice_flow::SourceReport,
 }
 
 fn worker(env: &Env, id: &str) -> Worker {
@@ -82,6 +83,7 @@ fn worker(env: &Env, id: &str) -> Worker {
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
     let (spooled_tx, spooled_rx) = watch::channel(0u64);
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let report = sluice_flow::SourceReport::default();
     let ctx = SourceContext {
         name: "in".into(),
         resume_cursor: None,
@@ -91,6 +93,7 @@ fn worker(env: &Env, id: &str) -> Worker {
         alarms: Alarms::default(),
         history: None,
         spooled: Some(spooled_rx),
+        report: report.clone(),
     };
     let got = Arc::new(Mutex::new(Vec::new()));
     let sink = got.clone();
@@ -101,7 +104,7 @@ fn worker(env: &Env, id: &str) -> Worker {
         }
     });
     let task = tokio::spawn(source.run(ctx));
-    Worker { got, shutdown, task, spool }
+    Worker { got, shutdown, task, spool, report }
 }
 
 impl Worker {
@@ -148,6 +151,22 @@ async fn two_workers_share_the_shards_and_a_restart_reads_only_what_is_new() {
     wait_until("both workers reading", 30, || !a.records().is_empty() && !b.records().is_empty()).await;
     put(&env, 2000, 2400).await;
     wait_until("new records read", 60, || distinct(&a, &b) == 2400).await;
+    // Each reports the shards it holds, checkpointed at the last record it read.
+    let shards = |w: &Worker| -> BTreeMap<String, serde_json::Value> {
+        let r = w.report.get().unwrap_or_default();
+        serde_json::from_value(r["shards"].clone()).unwrap_or_default()
+    };
+    wait_until("4 shards reported, each checkpointed at its last record", 30, || {
+        let all: Vec<serde_json::Value> = shards(&a).into_values().chain(shards(&b).into_values()).collect();
+        all.len() == 4
+            && all.iter().all(|s| {
+                s["last_sequence"].as_str().is_some_and(|seq| s["checkpoint"].as_str() == Some(&format!("{seq}:0")))
+            })
+    })
+    .await;
+    let held = |w: &Worker| w.report.get().and_then(|r| r["leases_held"].as_u64()).unwrap_or(0);
+    assert_eq!(held(&a) + held(&b), 4);
+    assert_eq!(a.report.get().map(|r| r["worker"].clone()), Some(serde_json::json!("worker-a")));
     let got_a = a.stop().await;
     let got_b = b.stop().await;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();

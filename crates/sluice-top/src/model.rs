@@ -187,6 +187,21 @@ pub struct StreamRow {
     pub throttled: Option<f64>,
 }
 
+/// One row per shard a `kinesis` source reads (`stream` and `shard` labels).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRow {
+    /// The stream read.
+    pub stream: String,
+    /// The shard.
+    pub shard: String,
+    /// User records read per second.
+    pub per_sec: Option<f64>,
+    /// User records read in total.
+    pub read: Option<f64>,
+    /// `MillisBehindLatest` of the newest read.
+    pub behind_ms: Option<f64>,
+}
+
 /// Everything one screen shows.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {
@@ -198,6 +213,8 @@ pub struct View {
     pub operations: Vec<OperationRow>,
     /// Streams, by name.
     pub streams: Vec<StreamRow>,
+    /// Shards read by `kinesis` sources, by stream and shard.
+    pub shards: Vec<ShardRow>,
 }
 
 impl View {
@@ -208,12 +225,17 @@ impl View {
             sinks: sinks(prev, cur),
             operations: operations(prev, cur),
             streams: streams(prev, cur),
+            shards: shards(prev, cur),
         }
     }
 
     /// True when the page had nothing `sluice top` knows.
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty() && self.sinks.is_empty() && self.operations.is_empty() && self.streams.is_empty()
+        self.sources.is_empty()
+            && self.sinks.is_empty()
+            && self.operations.is_empty()
+            && self.streams.is_empty()
+            && self.shards.is_empty()
     }
 }
 
@@ -335,6 +357,27 @@ fn streams(prev: Option<&Scrape>, cur: &Scrape) -> Vec<StreamRow> {
             }
         })
         .collect()
+}
+
+fn shards(prev: Option<&Scrape>, cur: &Scrape) -> Vec<ShardRow> {
+    const READ: &str = "sluice_kinesis_records_read_total";
+    const BEHIND: &str = "sluice_kinesis_millis_behind_latest";
+    let mut rows = Vec::new();
+    for stream in names_with(cur, "stream", |n| n == READ || n == BEHIND) {
+        let f = [("stream", stream.as_str())];
+        let shards: BTreeSet<String> = [READ, BEHIND].iter().flat_map(|n| cur.label_values(n, "shard", &f)).collect();
+        for shard in shards {
+            let f = [("stream", stream.as_str()), ("shard", shard.as_str())];
+            rows.push(ShardRow {
+                per_sec: rate(prev, cur, READ, &f),
+                read: cur.sum(READ, &f),
+                behind_ms: cur.sum(BEHIND, &f),
+                stream: stream.clone(),
+                shard,
+            });
+        }
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -494,6 +537,27 @@ sluice_open_iterators NaN
         assert_eq!((race.put_per_sec, race.put), (Some(40.0), Some(60.0)));
         assert_eq!((race.read_per_sec, race.read), (Some(30.0), Some(30.0)));
         assert_eq!(race.throttled, Some(3.0));
+    }
+
+    #[test]
+    fn shards_read_by_a_kinesis_source() {
+        let (a, b) = pair(
+            "sluice_kinesis_records_read_total{stream=\"race\",shard=\"shardId-000000000000\"} 100\n",
+            "sluice_kinesis_records_read_total{stream=\"race\",shard=\"shardId-000000000000\"} 300\n\
+             sluice_kinesis_millis_behind_latest{stream=\"race\",shard=\"shardId-000000000000\"} 0\n\
+             sluice_kinesis_millis_behind_latest{stream=\"race\",shard=\"shardId-000000000001\"} 1500\n",
+            2,
+        );
+        let view = View::new(Some(&a), &b);
+        assert!(!view.is_empty());
+        assert_eq!(view.shards.len(), 2);
+        let s0 = &view.shards[0];
+        assert_eq!(
+            (s0.shard.as_str(), s0.per_sec, s0.read, s0.behind_ms),
+            ("shardId-000000000000", Some(100.0), Some(300.0), Some(0.0))
+        );
+        let s1 = &view.shards[1];
+        assert_eq!((s1.stream.as_str(), s1.read, s1.behind_ms), ("race", None, Some(1500.0)));
     }
 
     #[test]

@@ -138,6 +138,25 @@ pub fn tables(view: &View) -> Vec<Table> {
             right: vec![false, true, true, true, true, true],
         });
     }
+    if !view.shards.is_empty() {
+        out.push(Table {
+            header: vec!["READ SHARD", "STREAM", "REC/S", "READ", "BEHIND"],
+            rows: view
+                .shards
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.shard.clone(),
+                        s.stream.clone(),
+                        rate(s.per_sec),
+                        count(s.read),
+                        s.behind_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}s", ms / 1000.0)),
+                    ]
+                })
+                .collect(),
+            right: vec![false, false, true, true, true],
+        });
+    }
     out
 }
 

@@ -243,6 +243,49 @@ struct Shared {
     at_ms: Option<u64>,
     /// Shards whose end was spooled and checkpointed: a re-sync creates their children.
     resync: tokio::sync::Notify,
+    /// What each shard being read has done, for `/health`.
+    shards: std::sync::Mutex<BTreeMap<String, ShardProgress>>,
+}
+
+/// One shard being read, as `/health` shows it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct ShardProgress {
+    /// User records sent on since this worker took the shard.
+    read: u64,
+    /// Sequence number of the newest one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_sequence: Option<String>,
+    /// `MillisBehindLatest` of the newest read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    millis_behind: Option<i64>,
+    /// The newest checkpoint written (`SHARD_END` or `sequence:sub`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<String>,
+    /// Waiting for a parent shard's end before reading.
+    waiting_for_parent: bool,
+    /// Read to its end.
+    ended: bool,
+}
+
+impl Shared {
+    fn progress(&self, shard: &str, f: impl FnOnce(&mut ShardProgress)) {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        f(shards.entry(shard.to_owned()).or_default());
+    }
+
+    /// The source's report for `/health`: who this worker is and the shards it holds.
+    fn report(&self, stream: &str, application: &str) -> serde_json::Value {
+        let held = self.leases.held();
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        shards.retain(|s, _| held.contains(s));
+        serde_json::json!({
+            "stream": stream,
+            "application": application,
+            "worker": self.leases.config().worker_id,
+            "leases_held": held.len(),
+            "shards": &*shards,
+        })
+    }
 }
 
 fn to_reader(cp: &LeaseCheckpoint, at_ms: Option<u64>) -> Checkpoint {
@@ -326,7 +369,9 @@ impl KinesisSource {
             },
             at_ms: self.at_ms,
             resync: tokio::sync::Notify::new(),
+            shards: std::sync::Mutex::new(BTreeMap::new()),
         });
+        let report = ctx.report.clone();
         let spooled = ctx.spooled.clone();
         let mut readers: HashMap<String, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> = HashMap::new();
         let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
@@ -354,6 +399,7 @@ impl KinesisSource {
                 _ = checkpoint_tick.tick() => {
                     checkpoint_spooled(&shared, spooled.as_ref()).await;
                     readers.retain(|_, (_, task)| !task.is_finished());
+                    report.set(shared.report(&cfg.stream_name, &cfg.application));
                 }
                 () = shared.resync.notified() => {
                     if let Err(e) = sync(&backend, &leases, self.initial).await {
@@ -438,7 +484,12 @@ async fn checkpoint_spooled(shared: &Shared, spooled: Option<&watch::Receiver<u6
             _ => Ok(()),
         };
         match r {
-            Ok(()) => {}
+            Ok(()) => shared.progress(&shard, |p| {
+                p.checkpoint = Some(match &cp {
+                    LeaseCheckpoint::Sequence { sequence, sub } => format!("{sequence}:{sub}"),
+                    other => other.as_str().to_owned(),
+                })
+            }),
             Err(LeaseError::Lost { .. } | LeaseError::NotHeld { .. }) => {
                 tracing::info!(source = %shared.name, shard = %shard, "not checkpointed: the lease moved on");
             }
@@ -452,12 +503,14 @@ async fn checkpoint_spooled(shared: &Shared, spooled: Option<&watch::Receiver<u6
 /// Reads one held shard and sends its records on, until its end, a lost lease or a stop.
 async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut stop: watch::Receiver<bool>) {
     // Children wait for every parent's SHARD_END.
+    shared.progress(&shard, |p| *p = ShardProgress::default());
     loop {
         match shared.leases.parent_done(&shard).await {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => tracing::debug!(shard = %shard, error = %e, "parent check failed"),
         }
+        shared.progress(&shard, |p| p.waiting_for_parent = true);
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
             () = stopped(&mut stop) => return,
@@ -478,7 +531,13 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
             break;
         }
         match item {
-            ShardItem::Records { records, .. } => {
+            ShardItem::Records { records, millis_behind } => {
+                shared.progress(&shard, |p| {
+                    p.waiting_for_parent = false;
+                    p.read += records.len() as u64;
+                    p.last_sequence = records.last().map(|r| r.sequence_number.to_string());
+                    p.millis_behind = millis_behind;
+                });
                 let stream = shared.backend.stream_name().to_owned();
                 let mut ledger = shared.ledger.lock().await;
                 let mut last = None;
@@ -512,11 +571,15 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
                     ledger.marks.push_back((sent, shard_id.clone(), cp));
                 }
             }
-            ShardItem::CaughtUp => {}
+            ShardItem::CaughtUp => shared.progress(&shard, |p| {
+                p.waiting_for_parent = false;
+                p.millis_behind = Some(0);
+            }),
             ShardItem::End { .. } => {
                 let mut ledger = shared.ledger.lock().await;
                 let sent = ledger.sent;
                 ledger.marks.push_back((sent, shard_id.clone(), LeaseCheckpoint::ShardEnd));
+                shared.progress(&shard, |p| p.ended = true);
                 tracing::info!(source = %shared.name, shard = %shard, "shard read to its end");
                 break;
             }
