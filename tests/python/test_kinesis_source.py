@@ -175,10 +175,11 @@ def test_kill_9_of_a_worker_loses_nothing(server, kinesis, tmp_path, pipeline_fa
         owners = sorted(o for o, _ in t.values())
         return len(t) == 4 and owners == ["a", "a", "b", "b"] and all(c.isdigit() for _, c in t.values())
 
-    # Balanced (2 + 2) and every shard checkpointed: the leases were stolen from a at start
-    # before its first checkpoint, so b read those shards again (counted below).
+    # Balanced (2 + 2) and every shard checkpointed. b stole two leases from a at start: a
+    # handed each over with its last spooled position, so b read nothing twice.
     wait_for(settled, 30, "2 + 2 leases, all checkpointed", details=lambda: str(table()))
     dups_before = len(archived(arch_a) + archived(arch_b)) - len(union())
+    assert dups_before == 0, f"{dups_before} records read twice after the steals at start"
     a.kill()
     put(kinesis, "src", 400, 800)
     # b takes a's leases once they expire (failover_time 2 s, a scan every 4 s) and reads them
@@ -188,7 +189,7 @@ def test_kill_9_of_a_worker_loses_nothing(server, kinesis, tmp_path, pipeline_fa
     got = [r["i"] for r in archived(arch_a) + archived(arch_b)]
     dups = len(got) - len(set(got))
     print(f"a read {len(archived(arch_a))}, b read {len(archived(arch_b))}, "
-          f"duplicates {dups_before} before the kill (leases stolen before a's first checkpoint), "
+          f"duplicates {dups_before} before the kill (leases stolen and handed over), "
           f"{dups - dups_before} after it")
     assert set(got) == set(range(800))
     # a had checkpointed everything it read: b resumes a's shards exactly there.

@@ -245,6 +245,9 @@ struct Shared {
     resync: tokio::sync::Notify,
     /// What each shard being read has done, for `/health`.
     shards: std::sync::Mutex<BTreeMap<String, ShardProgress>>,
+    /// Shards being handed over to a worker that stole them, with the newest spooled position
+    /// to hand over (kept here rather than checkpointed: the lease is the new owner's).
+    handing_off: std::sync::Mutex<HashMap<Arc<str>, Option<LeaseCheckpoint>>>,
 }
 
 /// One shard being read, as `/health` shows it.
@@ -370,7 +373,9 @@ impl KinesisSource {
             at_ms: self.at_ms,
             resync: tokio::sync::Notify::new(),
             shards: std::sync::Mutex::new(BTreeMap::new()),
+            handing_off: std::sync::Mutex::new(HashMap::new()),
         });
+        let mut handoffs = tokio::task::JoinSet::new();
         let report = ctx.report.clone();
         let spooled = ctx.spooled.clone();
         let mut readers: HashMap<String, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> = HashMap::new();
@@ -394,6 +399,15 @@ impl KinesisSource {
                             tracing::warn!(source = %self.name, shard = %shard, "lease lost: stopped reading the shard");
                         }
                     }
+                    Some(LeaseEvent::HandOff { shard }) => {
+                        let reader = readers.remove(&shard).map(|(stop, task)| {
+                            let _ = stop.send(true);
+                            task
+                        });
+                        lock_sync(&shared.handing_off).entry(Arc::from(shard.as_str())).or_insert(None);
+                        let wait = cfg.failover_time / 2;
+                        handoffs.spawn(hand_off(shared.clone(), shard, reader, spooled.clone(), wait));
+                    }
                     None => break,
                 },
                 _ = checkpoint_tick.tick() => {
@@ -414,7 +428,9 @@ impl KinesisSource {
             }
         }
 
-        // Graceful stop: readers first, then the last spooled positions, then release.
+        // Graceful stop: handoffs in progress and readers first, then the last spooled
+        // positions, then release.
+        let _ = tokio::time::timeout(cfg.failover_time, async { while handoffs.join_next().await.is_some() {} }).await;
         for (stop, _) in readers.values() {
             let _ = stop.send(true);
         }
@@ -469,11 +485,50 @@ async fn sync(
     leases.sync_shards(&infos, initial).await.map(|_| ()).map_err(|e| e.to_string())
 }
 
+fn lock_sync<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Hands a stolen shard over: once its reader stopped and what it sent is spooled (or `wait`
+/// passed), the newest spooled position goes to the lease with the handoff write, so the new
+/// owner starts exactly after it.
+async fn hand_off(
+    shared: Arc<Shared>,
+    shard: String,
+    reader: Option<tokio::task::JoinHandle<()>>,
+    spooled: Option<watch::Receiver<u64>>,
+    wait: Duration,
+) {
+    if let Some(reader) = reader {
+        let _ = reader.await;
+    }
+    let sent = shared.ledger.lock().await.sent;
+    if let Some(rx) = &spooled {
+        let mut rx = rx.clone();
+        if tokio::time::timeout(wait, rx.wait_for(|n| *n >= sent)).await.is_err() {
+            tracing::warn!(source = %shared.name, shard = %shard, "spool slow: handing over the last position it took");
+        }
+    }
+    checkpoint_spooled(&shared, spooled.as_ref()).await;
+    let last = lock_sync(&shared.handing_off).remove(shard.as_str()).flatten();
+    match shared.leases.hand_off(&shard, last.clone()).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(source = %shared.name, shard = %shard,
+            "the new owner stopped waiting for the handoff: it reads again from the previous checkpoint"),
+        Err(e) => tracing::warn!(source = %shared.name, shard = %shard, error = %e, "handoff failed"),
+    }
+    shared.shards.lock().unwrap_or_else(|p| p.into_inner()).remove(&shard);
+}
+
 /// Checkpoints, per shard, the newest position whose events are all spooled.
 async fn checkpoint_spooled(shared: &Shared, spooled: Option<&watch::Receiver<u64>>) {
     let upto = spooled.map_or(u64::MAX, |rx| *rx.borrow());
     let done = shared.ledger.lock().await.take_done(upto);
     for (shard, cp) in done {
+        if let Some(last) = lock_sync(&shared.handing_off).get_mut(&shard) {
+            *last = Some(cp);
+            continue;
+        }
         let r = match &cp {
             LeaseCheckpoint::ShardEnd => {
                 let r = shared.leases.checkpoint_shard_end(&shard).await;
@@ -490,6 +545,10 @@ async fn checkpoint_spooled(shared: &Shared, spooled: Option<&watch::Receiver<u6
                     other => other.as_str().to_owned(),
                 })
             }),
+            Err(LeaseError::HandingOff { .. }) => {
+                // The handoff (which the coordinator's event starts) writes it.
+                lock_sync(&shared.handing_off).insert(shard.clone(), Some(cp));
+            }
             Err(LeaseError::Lost { .. } | LeaseError::NotHeld { .. }) => {
                 tracing::info!(source = %shared.name, shard = %shard, "not checkpointed: the lease moved on");
             }

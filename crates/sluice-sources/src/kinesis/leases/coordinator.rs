@@ -22,7 +22,13 @@ struct Slot {
     /// The `leaseCounter` this worker last wrote; locked across a write so that renewals and
     /// checkpoints of one lease never race.
     counter: tokio::sync::Mutex<u64>,
+    /// For a stolen lease whose previous owner has not handed it over yet: when to stop
+    /// waiting (clock time). `Acquired` is sent once it is handed over or this passes.
+    handoff_until: Mutex<Option<Duration>>,
 }
+
+/// How often a stolen lease is looked at while its previous owner hands it over.
+const HANDOFF_POLL: Duration = Duration::from_millis(100);
 
 /// What the taker remembers between scans.
 struct TakerState {
@@ -82,6 +88,8 @@ fn nanos(d: Duration) -> u64 {
 enum Drop {
     /// Taken by another worker or expired locally: send `Lost`.
     Lost,
+    /// Stolen with a handoff request: send `HandOff`.
+    HandOff,
     /// Released, or finished at `SHARD_END`: the caller knows.
     Quiet,
 }
@@ -176,8 +184,125 @@ impl LeaseCoordinator {
             let interval = if catch_up { self.inner.config.renew_interval } else { self.inner.config.take_interval };
             lock(&self.inner.schedule).next_take = now + interval;
         }
+        let waiting = self.check_handoffs().await;
         let s = lock(&self.inner.schedule);
-        s.next_renew.min(s.next_take)
+        let next = s.next_renew.min(s.next_take);
+        if waiting { next.min(now + HANDOFF_POLL) } else { next }
+    }
+
+    /// Looks at every stolen lease still waiting for its previous owner's handoff; answers
+    /// whether any still waits.
+    async fn check_handoffs(&self) -> bool {
+        let slots: Vec<(String, Arc<Slot>)> = lock(&self.inner.held)
+            .iter()
+            .filter(|(_, s)| lock(&s.handoff_until).is_some())
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        let mut waiting = false;
+        for (shard, slot) in slots {
+            waiting |= !self.check_handoff(&shard, &slot).await;
+        }
+        waiting
+    }
+
+    /// True once the lease is handed over (or the wait is given up, or the lease is gone).
+    async fn check_handoff(&self, shard: &str, slot: &Arc<Slot>) -> bool {
+        let me = &self.inner.config.worker_id;
+        let mut counter = slot.counter.lock().await;
+        let Some(until) = *lock(&slot.handoff_until) else { return true };
+        if !slot.held.load(Ordering::SeqCst) {
+            return true;
+        }
+        let sent = self.inner.clock.now();
+        let lease = match self.inner.table.get(shard).await {
+            Ok(Some(l)) if l.owner.as_deref() == Some(me.as_str()) => l,
+            Ok(found) => {
+                let reason = match found {
+                    Some(l) => format!("taken by {:?} during the handoff", l.owner),
+                    None => "deleted during the handoff".to_owned(),
+                };
+                self.drop_slot(shard, slot, Drop::Quiet, &reason);
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!(shard, error = %e, "handoff check failed; retrying");
+                return false;
+            }
+        };
+        let handed_over = lease.checkpoint_owner.is_none();
+        if !handed_over && sent < until {
+            return false;
+        }
+        let mut lease = lease;
+        if !handed_over {
+            // Nobody answered: read from the checkpoint there is, and clear the marker so that a
+            // late handoff cannot move the checkpoint under this reader.
+            let write = Write::Take { owner: me.clone(), owner_switched: false };
+            match self.inner.table.update(shard, lease.counter, &write).await {
+                Ok(true) => lease.counter += 1,
+                Ok(false) | Err(_) => return false,
+            }
+            metrics::counter!("sluice_kinesis_leases_handoff_timeouts_total", "application" => self.application())
+                .increment(1);
+            tracing::warn!(
+                application = %self.inner.config.application,
+                shard,
+                previous_owner = ?lease.checkpoint_owner,
+                checkpoint = %lease.checkpoint,
+                "the previous owner did not hand the lease over in time: reading from its last checkpoint"
+            );
+        }
+        // The previous owner's handoff write advanced the counter; it is ours again.
+        *counter = lease.counter;
+        slot.last_write.store(nanos(sent), Ordering::SeqCst);
+        *lock(&slot.handoff_until) = None;
+        tracing::info!(
+            application = %self.inner.config.application,
+            worker = %me,
+            shard,
+            checkpoint = %lease.checkpoint,
+            handed_over,
+            "stolen lease ready to read"
+        );
+        let _ = self.inner.events.send(LeaseEvent::Acquired { shard: shard.to_owned(), checkpoint: lease.checkpoint });
+        true
+    }
+
+    /// The previous owner's side of a steal ([`LeaseEvent::HandOff`]): writes `checkpoint`
+    /// (the newest position fully processed, if newer than the lease's) and clears the
+    /// handoff marker, so the new owner starts exactly there. False when the new owner
+    /// stopped waiting (it then reads from the older checkpoint: duplicates, no loss).
+    pub async fn hand_off(&self, shard: &str, checkpoint: Option<Checkpoint>) -> Result<bool, LeaseError> {
+        let me = &self.inner.config.worker_id;
+        // The new owner renews meanwhile: retry on a moved counter.
+        for _ in 0..5 {
+            let Some(lease) = self.inner.table.get(shard).await? else { return Ok(false) };
+            if lease.checkpoint_owner.as_deref() != Some(me.as_str()) {
+                return Ok(false);
+            }
+            let write = Write::HandOff { checkpoint: checkpoint.clone() };
+            if self.inner.table.update(shard, lease.counter, &write).await? {
+                metrics::counter!("sluice_kinesis_leases_handed_off_total", "application" => self.application())
+                    .increment(1);
+                tracing::info!(
+                    application = %self.inner.config.application,
+                    worker = %me,
+                    shard,
+                    to = ?lease.owner,
+                    checkpoint = ?checkpoint.as_ref().map(ToString::to_string),
+                    "lease handed over"
+                );
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// How a lease that is no longer ours was taken: with a handoff request to this worker, or
+    /// not.
+    fn drop_kind(&self, lease: &Lease) -> Drop {
+        let me = Some(self.inner.config.worker_id.as_str());
+        if lease.checkpoint_owner.as_deref() == me && lease.owner.as_deref() != me { Drop::HandOff } else { Drop::Lost }
     }
 
     /// Runs [`tick`](Self::tick) on a tokio task until [`shutdown`](Self::shutdown) or
@@ -222,16 +347,29 @@ impl LeaseCoordinator {
             }
         }
         self.update_held_gauge();
-        if let Drop::Lost = why {
-            metrics::counter!("sluice_kinesis_leases_lost_total", "application" => self.application()).increment(1);
-            tracing::warn!(
-                application = %self.inner.config.application,
-                worker = %self.inner.config.worker_id,
-                shard,
-                reason,
-                "lease lost: stopping the shard"
-            );
-            let _ = self.inner.events.send(LeaseEvent::Lost { shard: shard.to_owned() });
+        match why {
+            Drop::Lost => {
+                metrics::counter!("sluice_kinesis_leases_lost_total", "application" => self.application()).increment(1);
+                tracing::warn!(
+                    application = %self.inner.config.application,
+                    worker = %self.inner.config.worker_id,
+                    shard,
+                    reason,
+                    "lease lost: stopping the shard"
+                );
+                let _ = self.inner.events.send(LeaseEvent::Lost { shard: shard.to_owned() });
+            }
+            Drop::HandOff => {
+                tracing::info!(
+                    application = %self.inner.config.application,
+                    worker = %self.inner.config.worker_id,
+                    shard,
+                    reason,
+                    "lease stolen to balance the load: stopping the shard and handing it over"
+                );
+                let _ = self.inner.events.send(LeaseEvent::HandOff { shard: shard.to_owned() });
+            }
+            Drop::Quiet => {}
         }
     }
 
@@ -261,19 +399,17 @@ impl LeaseCoordinator {
             }
             Ok(false) => match self.inner.table.get(shard).await {
                 // The write landed but its answer was lost (a retry saw the new counter).
-                Ok(Some(l))
-                    if l.owner.as_deref() == Some(&self.inner.config.worker_id) && l.counter == *counter + 1 =>
-                {
-                    *counter += 1;
+                // Still ours: the write landed but its answer was lost, or the previous owner
+                // handed the lease over meanwhile (its write moved the counter).
+                Ok(Some(l)) if l.owner.as_deref() == Some(&self.inner.config.worker_id) && l.counter > *counter => {
+                    *counter = l.counter;
                     slot.last_write.store(nanos(sent), Ordering::SeqCst);
                 }
-                Ok(found) => {
-                    let reason = match found {
-                        Some(l) => format!("renew refused: owner {:?}, counter {}", l.owner, l.counter),
-                        None => "renew refused: lease deleted".to_owned(),
-                    };
-                    self.drop_slot(shard, slot, Drop::Lost, &reason);
+                Ok(Some(l)) => {
+                    let reason = format!("renew refused: owner {:?}, counter {}", l.owner, l.counter);
+                    self.drop_slot(shard, slot, self.drop_kind(&l), &reason);
                 }
+                Ok(None) => self.drop_slot(shard, slot, Drop::Lost, "renew refused: lease deleted"),
                 Err(e) => tracing::warn!(shard, error = %e, "lease re-read after a refused renew failed; retrying"),
             },
             Err(e) => tracing::warn!(shard, error = %e, "lease renew failed; retrying"),
@@ -316,7 +452,7 @@ impl LeaseCoordinator {
                 && slot.held.load(Ordering::SeqCst)
             {
                 drop(counter);
-                self.drop_slot(&l.key, slot, Drop::Lost, &format!("scan shows owner {:?}", l.owner));
+                self.drop_slot(&l.key, slot, self.drop_kind(l), &format!("scan shows owner {:?}", l.owner));
             }
         }
 
@@ -405,7 +541,13 @@ impl LeaseCoordinator {
     async fn take(&self, lease: &Lease, steal: bool) -> bool {
         let me = &self.inner.config.worker_id;
         let owner_switched = lease.owner.as_ref().is_some_and(|o| o != me);
-        let write = Write::Take { owner: me.clone(), owner_switched };
+        // A live owner is asked to hand the lease over with its last checkpoint, so that this
+        // worker does not read again what it read since its last checkpoint.
+        let write = match (&lease.owner, steal) {
+            (Some(from), true) => Write::Steal { owner: me.clone(), from: from.clone() },
+            _ => Write::Take { owner: me.clone(), owner_switched },
+        };
+        let handoff = matches!(write, Write::Steal { .. });
         let sent = self.inner.clock.now();
         match self.inner.table.update(&lease.key, lease.counter, &write).await {
             Ok(true) => {
@@ -413,6 +555,7 @@ impl LeaseCoordinator {
                     held: AtomicBool::new(true),
                     last_write: AtomicU64::new(nanos(sent)),
                     counter: tokio::sync::Mutex::new(lease.counter + 1),
+                    handoff_until: Mutex::new(handoff.then(|| sent + self.inner.config.handoff_timeout)),
                 });
                 lock(&self.inner.held).insert(lease.key.clone(), slot);
                 self.inner.taker.lock().await.seen.insert(lease.key.clone(), (lease.counter + 1, sent));
@@ -431,10 +574,12 @@ impl LeaseCoordinator {
                     stolen = steal,
                     "lease taken"
                 );
-                let _ = self
-                    .inner
-                    .events
-                    .send(LeaseEvent::Acquired { shard: lease.key.clone(), checkpoint: lease.checkpoint.clone() });
+                if !handoff {
+                    let _ = self
+                        .inner
+                        .events
+                        .send(LeaseEvent::Acquired { shard: lease.key.clone(), checkpoint: lease.checkpoint.clone() });
+                }
                 true
             }
             Ok(false) => {
@@ -527,11 +672,18 @@ impl LeaseCoordinator {
                         true
                     }
                     found => {
-                        let reason = match found {
-                            Some(l) => format!("checkpoint refused: owner {:?}, counter {}", l.owner, l.counter),
-                            None => "checkpoint refused: lease deleted".to_owned(),
+                        let (reason, why) = match found {
+                            Some(l) => (
+                                format!("checkpoint refused: owner {:?}, counter {}", l.owner, l.counter),
+                                self.drop_kind(&l),
+                            ),
+                            None => ("checkpoint refused: lease deleted".to_owned(), Drop::Lost),
                         };
-                        self.drop_slot(shard, &slot, Drop::Lost, &reason);
+                        let handoff = matches!(why, Drop::HandOff);
+                        self.drop_slot(shard, &slot, why, &reason);
+                        if handoff {
+                            return Err(LeaseError::HandingOff { shard: shard.to_owned() });
+                        }
                         return Err(LeaseError::Lost { shard: shard.to_owned(), reason });
                     }
                 }

@@ -95,6 +95,10 @@ pub struct LeaseConfig {
     pub max_steal: usize,
     /// Leases expired for this many `failover_time`s are taken first (3).
     pub very_old_factor: u32,
+    /// How long a stolen lease waits for its previous owner's last checkpoint
+    /// ([`LeaseEvent::HandOff`]) before it is read from the checkpoint it has
+    /// (`failover_time`: a live owner notices within a renew interval).
+    pub handoff_timeout: Duration,
 }
 
 impl LeaseConfig {
@@ -108,6 +112,7 @@ impl LeaseConfig {
             take_interval: Duration::ZERO,
             max_steal: 1,
             very_old_factor: 3,
+            handoff_timeout: Duration::ZERO,
         }
         .with_failover_time(Duration::from_secs(10))
     }
@@ -117,6 +122,7 @@ impl LeaseConfig {
         self.failover_time = failover_time;
         self.renew_interval = (failover_time / 3).saturating_sub(EPSILON).max(Duration::from_millis(1));
         self.take_interval = (failover_time + EPSILON) * 2;
+        self.handoff_timeout = failover_time;
         self
     }
 }
@@ -145,6 +151,14 @@ pub enum LeaseEvent {
     /// This worker no longer holds `shard` (taken by another worker, or not renewed within
     /// `failover_time`): stop reading and delivering it at once.
     Lost {
+        /// The shard id.
+        shard: String,
+    },
+    /// Another worker stole `shard` to balance the load and waits for this one's last
+    /// checkpoint: stop reading it at once, then call
+    /// [`LeaseCoordinator::hand_off`] with the newest position fully processed (so the new
+    /// owner starts exactly there, not at an older checkpoint).
+    HandOff {
         /// The shard id.
         shard: String,
     },
@@ -192,6 +206,13 @@ pub enum LeaseError {
     /// reported it lost).
     #[error("lease {shard} is not held by this worker")]
     NotHeld {
+        /// The shard id.
+        shard: String,
+    },
+    /// The lease was stolen with a handoff request: [`LeaseEvent::HandOff`] was sent; stop the
+    /// shard and hand it over with its last checkpoint.
+    #[error("lease {shard} is being handed over to another worker")]
+    HandingOff {
         /// The shard id.
         shard: String,
     },

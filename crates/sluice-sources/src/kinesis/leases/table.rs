@@ -13,6 +13,7 @@
 //! | `parentShardId` | SS | the parent shards (a set despite the name), omitted when none |
 //! | `childShardIds` | SS | written with a `SHARD_END` checkpoint when known |
 //! | `startingHashKey`, `endingHashKey` | S | the shard's hash key range, decimal |
+//! | `checkpointOwner` | S | KCL 3's graceful handoff: the previous owner, set by a steal until it wrote its last checkpoint |
 //!
 //! Writes use DynamoDB's legacy `Expected` / `AttributeUpdates` form, as the KCL does; items of
 //! other entity types (KCL 3.5's `entityType` other than `LEASE`) are skipped.
@@ -51,7 +52,8 @@ pub const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
 pub const PENDING_CHECKPOINT_SUB: &str = "pendingCheckpointSubSequenceNumber";
 /// `pendingCheckpointState` (B).
 pub const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
-/// `checkpointOwner` (S): KCL 3's graceful handoff marker, cleared by a take.
+/// `checkpointOwner` (S): KCL 3's graceful handoff marker: set by a steal to the previous
+/// owner, cleared by its handoff checkpoint or by a take.
 pub const CHECKPOINT_OWNER: &str = "checkpointOwner";
 /// `entityType` (S): KCL 3.5 keeps other entities in the lease table; absent or `LEASE` is a lease.
 pub const ENTITY_TYPE: &str = "entityType";
@@ -174,6 +176,8 @@ pub struct Lease {
     pub hash_range: Option<HashKeyRange>,
     /// `pendingCheckpoint` (written by KCL 2.x applications only).
     pub pending_checkpoint: Option<Checkpoint>,
+    /// `checkpointOwner`: while set, a steal waits for this previous owner's last checkpoint.
+    pub checkpoint_owner: Option<String>,
 }
 
 impl Lease {
@@ -189,6 +193,7 @@ impl Lease {
             children: BTreeSet::new(),
             hash_range: None,
             pending_checkpoint: None,
+            checkpoint_owner: None,
         }
     }
 }
@@ -219,6 +224,21 @@ pub enum Write {
     },
     /// DELETE `leaseOwner` (a graceful release: the next scan sees the lease unowned).
     Release,
+    /// A steal with a graceful handoff: PUT `leaseOwner`, PUT `checkpointOwner` = the previous
+    /// owner (who writes its last checkpoint with [`Write::HandOff`] before the new owner
+    /// reads), ADD 1 to `ownerSwitchesSinceCheckpoint`.
+    Steal {
+        /// The new owner.
+        owner: String,
+        /// The owner it is taken from.
+        from: String,
+    },
+    /// The previous owner's side of a handoff: its last checkpoint, if it has a newer one
+    /// (written as [`Write::Checkpoint`] writes it), and DELETE `checkpointOwner`.
+    HandOff {
+        /// The last checkpoint.
+        checkpoint: Option<Checkpoint>,
+    },
 }
 
 /// The item the KCL's serializer writes for a lease.
@@ -245,6 +265,9 @@ pub fn lease_to_item(lease: &Lease) -> Item {
     if let Some(range) = &lease.hash_range {
         item.insert(STARTING_HASH_KEY.into(), Attr::S(range.start.to_string()));
         item.insert(ENDING_HASH_KEY.into(), Attr::S(range.end.to_string()));
+    }
+    if let Some(owner) = &lease.checkpoint_owner {
+        item.insert(CHECKPOINT_OWNER.into(), Attr::S(owner.clone()));
     }
     item
 }
@@ -321,6 +344,7 @@ pub fn lease_from_item(item: &Item) -> Result<Option<Lease>, SchemaError> {
         children: set(CHILD_SHARD_IDS)?,
         hash_range,
         pending_checkpoint,
+        checkpoint_owner: string(CHECKPOINT_OWNER)?.filter(|o| !o.is_empty()),
         key,
     }))
 }
@@ -338,12 +362,7 @@ pub fn write_updates(write: &Write, expected_counter: u64) -> Vec<(&'static str,
             }
         }
         Write::Checkpoint { checkpoint, children, hash_range } => {
-            updates.push((CHECKPOINT, Update::Put(Attr::S(checkpoint.as_str().to_owned()))));
-            updates.push((CHECKPOINT_SUB, Update::Put(Attr::N(checkpoint.sub().to_string()))));
-            updates.push((OWNER_SWITCHES, Update::Put(Attr::N("0".into()))));
-            updates.push((PENDING_CHECKPOINT, Update::Delete));
-            updates.push((PENDING_CHECKPOINT_SUB, Update::Delete));
-            updates.push((PENDING_CHECKPOINT_STATE, Update::Delete));
+            checkpoint_updates(checkpoint, &mut updates);
             if !children.is_empty() {
                 updates.push((CHILD_SHARD_IDS, Update::Put(Attr::Ss(children.clone()))));
             }
@@ -353,8 +372,28 @@ pub fn write_updates(write: &Write, expected_counter: u64) -> Vec<(&'static str,
             }
         }
         Write::Release => updates.push((LEASE_OWNER, Update::Delete)),
+        Write::Steal { owner, from } => {
+            updates.push((LEASE_OWNER, Update::Put(Attr::S(owner.clone()))));
+            updates.push((CHECKPOINT_OWNER, Update::Put(Attr::S(from.clone()))));
+            updates.push((OWNER_SWITCHES, Update::Add(Attr::N("1".into()))));
+        }
+        Write::HandOff { checkpoint } => {
+            if let Some(checkpoint) = checkpoint {
+                checkpoint_updates(checkpoint, &mut updates);
+            }
+            updates.push((CHECKPOINT_OWNER, Update::Delete));
+        }
     }
     updates
+}
+
+fn checkpoint_updates(checkpoint: &Checkpoint, updates: &mut Vec<(&'static str, Update)>) {
+    updates.push((CHECKPOINT, Update::Put(Attr::S(checkpoint.as_str().to_owned()))));
+    updates.push((CHECKPOINT_SUB, Update::Put(Attr::N(checkpoint.sub().to_string()))));
+    updates.push((OWNER_SWITCHES, Update::Put(Attr::N("0".into()))));
+    updates.push((PENDING_CHECKPOINT, Update::Delete));
+    updates.push((PENDING_CHECKPOINT_SUB, Update::Delete));
+    updates.push((PENDING_CHECKPOINT_STATE, Update::Delete));
 }
 
 /// Why a table call failed (a condition that does not hold is not an error: the calls answer
@@ -432,6 +471,7 @@ mod tests {
             children: BTreeSet::new(),
             hash_range: Some(HashKeyRange { start: 0, end: u128::MAX }),
             pending_checkpoint: None,
+            checkpoint_owner: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use super::table::{Attr, LEASE_OWNER, OWNER_SWITCHES};
+use super::table::{self, Attr, CHECKPOINT_OWNER, LEASE_OWNER, OWNER_SWITCHES};
 use super::*;
 
 const F: Duration = Duration::from_secs(10);
@@ -20,6 +20,10 @@ struct Worker {
     /// Shards held according to the events received.
     held: BTreeSet<String>,
     log: Vec<(Duration, LeaseEvent)>,
+    /// Handoffs asked for and not yet made.
+    handoffs: Vec<String>,
+    /// Whether it makes them (a worker that does not stands for a KCL 2.x one).
+    answers_handoffs: bool,
 }
 
 struct Sim {
@@ -65,6 +69,8 @@ impl Sim {
             alive: true,
             held: BTreeSet::new(),
             log: Vec::new(),
+            handoffs: Vec::new(),
+            answers_handoffs: true,
         });
         i
     }
@@ -80,8 +86,22 @@ impl Sim {
             match &event {
                 LeaseEvent::Acquired { shard, .. } => assert!(w.held.insert(shard.clone()), "acquired twice: {shard}"),
                 LeaseEvent::Lost { shard } => assert!(w.held.remove(shard), "lost a lease never held: {shard}"),
+                LeaseEvent::HandOff { shard } => {
+                    assert!(w.held.remove(shard), "handing off a lease never held: {shard}");
+                    w.handoffs.push(shard.clone());
+                }
             }
             w.log.push((now, event));
+        }
+    }
+
+    /// Workers that were asked to hand a lease over do so (as the source does once its reader
+    /// stopped), unless they are dead.
+    async fn hand_over(&mut self) {
+        for w in self.workers.iter_mut().filter(|w| w.alive && w.answers_handoffs) {
+            for shard in std::mem::take(&mut w.handoffs) {
+                let _ = w.coord.hand_off(&shard, None).await;
+            }
         }
     }
 
@@ -105,6 +125,7 @@ impl Sim {
             for j in 0..self.workers.len() {
                 self.drain(j);
             }
+            self.hand_over().await;
             self.check_exclusive();
             if check(self) {
                 return true;
@@ -385,8 +406,82 @@ async fn steals_one_lease_at_a_time_from_the_most_loaded_worker() {
         .filter(|(k, _)| sim.table.item(k).and_then(|i| i.get(OWNER_SWITCHES).cloned()) == Some(Attr::N("1".into())))
         .count();
     assert_eq!(switched, 4);
-    let lost = sim.workers[0].log.iter().filter(|(_, e)| matches!(e, LeaseEvent::Lost { .. })).count();
-    assert_eq!(lost, 4);
+    // w0 was asked to hand each over (not told it lost them), and did: no marker is left.
+    let handed = sim.workers[0].log.iter().filter(|(_, e)| matches!(e, LeaseEvent::HandOff { .. })).count();
+    assert_eq!(handed, 4);
+    assert!(sim.workers[0].log.iter().all(|(_, e)| !matches!(e, LeaseEvent::Lost { .. })));
+    assert!(
+        sim.owners().keys().all(|k| sim.table.item(k).is_some_and(|i| !i.contains_key(CHECKPOINT_OWNER))),
+        "checkpointOwner cleared"
+    );
+}
+
+#[tokio::test]
+async fn a_steal_waits_for_the_victims_last_checkpoint_and_starts_exactly_there() {
+    let mut sim = Sim::new();
+    sim.add_worker();
+    sim.workers[0].coord.sync_shards(&roots(2), InitialPosition::TrimHorizon).await.ok();
+    sim.run_until(Duration::from_secs(1)).await;
+    // w1 joins and steals one lease; it does not read it yet.
+    sim.add_worker();
+    sim.workers[1].coord.tick().await;
+    sim.drain(1);
+    let stolen = sim.workers[1].coord.held().into_iter().next().unwrap_or_default();
+    assert!(!stolen.is_empty(), "w1 stole nothing");
+    assert!(sim.workers[1].held.is_empty(), "no Acquired before the handoff");
+    let item = sim.table.item(&stolen).unwrap_or_default();
+    assert_eq!(item.get(CHECKPOINT_OWNER), Some(&Attr::S("w0".into())));
+    // w0 read on meanwhile: its checkpoint is refused and turned into a handoff request.
+    let refused = sim.workers[0].coord.checkpoint(&stolen, "200", 0).await;
+    assert!(matches!(refused, Err(LeaseError::HandingOff { .. })), "{refused:?}");
+    sim.drain(0);
+    assert_eq!(sim.workers[0].log.last().map(|(_, e)| e.clone()), Some(LeaseEvent::HandOff { shard: stolen.clone() }));
+    assert!(!sim.workers[0].coord.holds(&stolen));
+    // Its reader stopped and its last position spooled, w0 hands over at 250.
+    let cp = Checkpoint::Sequence { sequence: "250".into(), sub: 3 };
+    assert_eq!(sim.workers[0].coord.hand_off(&stolen, Some(cp.clone())).await, Ok(true));
+    assert_eq!(sim.workers[0].coord.hand_off(&stolen, None).await, Ok(false), "once");
+    sim.workers[0].handoffs.clear();
+    sim.clock.advance(Duration::from_millis(100));
+    sim.workers[1].coord.tick().await;
+    sim.drain(1);
+    let acquired = sim.workers[1].log.iter().find_map(|(_, e)| match e {
+        LeaseEvent::Acquired { shard, checkpoint } if *shard == stolen => Some(checkpoint.clone()),
+        _ => None,
+    });
+    assert_eq!(acquired, Some(cp), "the thief starts exactly after the victim's last record");
+    // And it holds the lease: it renews and checkpoints on the counter the handoff left.
+    assert_eq!(sim.workers[1].coord.checkpoint(&stolen, "300", 0).await, Ok(()));
+    sim.run_until(sim.now() + Duration::from_secs(20)).await;
+    assert!(sim.workers[1].coord.holds(&stolen));
+}
+
+#[tokio::test]
+async fn a_victim_that_does_not_hand_over_delays_the_thief_by_the_handoff_timeout_only() {
+    let mut sim = Sim::new();
+    sim.add_worker();
+    sim.workers[0].answers_handoffs = false;
+    sim.workers[0].coord.sync_shards(&roots(2), InitialPosition::TrimHorizon).await.ok();
+    sim.run_until(Duration::from_secs(1)).await;
+    assert_eq!(sim.workers[0].coord.checkpoint(&shard(0), "100", 0).await, Ok(()));
+    assert_eq!(sim.workers[0].coord.checkpoint(&shard(1), "100", 0).await, Ok(()));
+    let joined = sim.now();
+    sim.add_worker();
+    let mut acquired_at = None;
+    sim.run_until_with(joined + F * 2, |s| {
+        if acquired_at.is_none() && !s.workers[1].held.is_empty() {
+            acquired_at = Some(s.now());
+        }
+        false
+    })
+    .await;
+    let at = acquired_at.unwrap_or_else(|| panic!("never acquired: {:?}", sim.workers[1].log));
+    assert!(at - joined >= F && at - joined <= F + Duration::from_millis(200), "after {:?}", at - joined);
+    let stolen = sim.workers[1].held.iter().next().cloned().unwrap_or_default();
+    let item = sim.table.item(&stolen).unwrap_or_default();
+    assert!(!item.contains_key(CHECKPOINT_OWNER), "the marker is cleared: a late handoff cannot move it");
+    assert_eq!(item.get("checkpoint"), Some(&Attr::S("100".into())));
+    assert_eq!(sim.workers[0].coord.hand_off(&stolen, None).await, Ok(false), "too late");
 }
 
 #[tokio::test]
@@ -398,13 +493,12 @@ async fn a_stale_checkpoint_after_losing_the_lease_fails_and_reports_lost() {
     let s0 = shard(0);
     assert!(sim.workers[0].coord.holds(&s0));
     assert_eq!(sim.workers[0].coord.checkpoint(&s0, "100", 0).await, Ok(()));
-    // w1 joins and steals one lease; w0 checkpoints before its renew notices.
-    sim.add_worker();
-    let w1 = &sim.workers[1];
-    w1.coord.tick().await;
-    sim.drain(1);
-    let stolen = sim.workers[1].held.iter().next().cloned().unwrap_or_default();
-    assert!(!stolen.is_empty(), "w1 stole nothing");
+    // Another application's worker (a KCL 2.x one: no handoff) takes a lease; w0 checkpoints
+    // before its renew notices.
+    let stolen = shard(1);
+    let counter = sim.table.get(&stolen).await.ok().flatten().map_or(0, |l| l.counter);
+    let take = table::Write::Take { owner: "kcl".into(), owner_switched: true };
+    assert_eq!(sim.table.update(&stolen, counter, &take).await, Ok(true));
     assert!(sim.workers[0].coord.holds(&stolen), "w0 has not noticed yet");
     let stale = sim.workers[0].coord.checkpoint(&stolen, "200", 0).await;
     assert!(matches!(stale, Err(LeaseError::Lost { .. })), "{stale:?}");
