@@ -66,8 +66,13 @@ fn default_checkpoint_interval() -> Duration {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KinesisSourceConfig {
-    /// The stream to read.
+    /// The stream to read (or `stream_arn`).
+    #[serde(default)]
     pub stream_name: String,
+    /// The stream's ARN, instead of `stream_name` (its region is used when `region` is not
+    /// set). Records carry it to the sinks (`eventSourceARN`).
+    #[serde(default)]
+    pub stream_arn: Option<String>,
     /// `"aws"` (Amazon Kinesis, the default credential chain) or the URL of a
     /// Kinesis-compatible endpoint (`sluice serve`, a pipeline's embedded stream, moto).
     pub endpoint: String,
@@ -114,6 +119,18 @@ pub struct KinesisSourceConfig {
     pub decompress: bool,
 }
 
+/// `(region, stream name)` of `arn:<partition>:kinesis:<region>:<account>:stream/<name>`.
+fn parse_stream_arn(arn: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    match parts[..] {
+        ["arn", _, "kinesis", region, _, resource] if !region.is_empty() => {
+            let name = resource.strip_prefix("stream/")?;
+            (!name.is_empty() && !name.contains('/')).then_some((region, name))
+        }
+        _ => None,
+    }
+}
+
 /// Largest record `decompress` produces (the spool's record limit); a larger one is
 /// dead-lettered rather than allowed to exhaust memory.
 const MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
@@ -138,10 +155,10 @@ fn decompress(data: Bytes) -> Result<Bytes, String> {
 }
 
 /// What the sinks learn of a record's place in the stream.
-fn origin_of(stream: &str, r: &ShardRecord) -> Origin {
+fn origin_of(stream: &str, stream_arn: Option<&str>, r: &ShardRecord) -> Origin {
     Origin {
         stream: stream.to_owned(),
-        stream_arn: None,
+        stream_arn: stream_arn.map(str::to_owned),
         shard_id: r.shard_id.to_string(),
         sequence_number: r.sequence_number.to_string(),
         sub_sequence_number: r.sub_sequence_number,
@@ -155,8 +172,18 @@ fn origin_of(stream: &str, r: &ShardRecord) -> Origin {
 /// Builds a `kinesis` source.
 pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, FlowError> {
     let bad = |message: String| FlowError::Config { component: name.to_owned(), message };
-    if cfg.stream_name.is_empty() {
-        return Err(bad("`stream_name` must not be empty".into()));
+    let mut cfg = cfg;
+    match (cfg.stream_name.is_empty(), cfg.stream_arn.as_deref()) {
+        (true, None) => return Err(bad("`stream_name` or `stream_arn` is required".into())),
+        (false, Some(_)) => return Err(bad("give `stream_name` or `stream_arn`, not both".into())),
+        (_, Some(arn)) => {
+            let (region, name) = parse_stream_arn(arn).ok_or_else(|| {
+                bad(format!("`stream_arn` = {arn:?} is not arn:<partition>:kinesis:<region>:<account>:stream/<name>"))
+            })?;
+            cfg.stream_name = name.to_owned();
+            cfg.region = cfg.region.or_else(|| Some(region.to_owned()));
+        }
+        (false, None) => {}
     }
     if cfg.application.is_empty() {
         return Err(bad("`application` must not be empty".into()));
@@ -238,6 +265,7 @@ struct Shared {
     events: mpsc::Sender<Event>,
     dead_letters: DeadLetters,
     decompress: bool,
+    stream_arn: Option<String>,
     ledger: Mutex<Ledger>,
     settings: ReaderSettings,
     at_ms: Option<u64>,
@@ -364,6 +392,7 @@ impl KinesisSource {
             events: ctx.events.clone(),
             dead_letters: ctx.dead_letters.clone(),
             decompress: cfg.decompress,
+            stream_arn: cfg.stream_arn.clone(),
             ledger: Mutex::new(Ledger::default()),
             settings: ReaderSettings {
                 max_records: cfg.max_records,
@@ -591,6 +620,12 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
         }
         match item {
             ShardItem::Records { records, millis_behind } => {
+                if let Some(last) = records.last() {
+                    // The KCL's IteratorAgeMilliseconds: how old the newest record read is.
+                    let age = sluice_flow::now_ms().saturating_sub(last.arrival_ms);
+                    metrics::gauge!("sluice_kinesis_iterator_age_ms", "stream" => shared.backend.stream_name().to_owned(), "shard" => shard.clone())
+                        .set(age as f64);
+                }
                 shared.progress(&shard, |p| {
                     p.waiting_for_parent = false;
                     p.read += records.len() as u64;
@@ -617,7 +652,7 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
                             }
                         }
                     }
-                    let origin = Some(Arc::new(origin_of(&stream, &r)));
+                    let origin = Some(Arc::new(origin_of(&stream, shared.stream_arn.as_deref(), &r)));
                     let event =
                         Event { payload: r.data, cursor: Some(cursor), received_ms: sluice_flow::now_ms(), origin };
                     if shared.events.send(event).await.is_err() {
@@ -700,6 +735,16 @@ mod tests {
         assert!(build("k", c).is_ok());
         let c = parse(&format!("{base}starting_position = \"oldest\"\n")).expect("parses");
         assert!(build("k", c).is_err());
+        let arn = "endpoint = \"aws\"\napplication = \"app\"\nstream_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders\"\n";
+        assert!(build("k", parse(arn).expect("arn")).is_ok());
+        assert_eq!(
+            parse_stream_arn("arn:aws:kinesis:eu-west-1:123456789012:stream/orders"),
+            Some(("eu-west-1", "orders"))
+        );
+        assert_eq!(parse_stream_arn("arn:aws:kinesis:eu-west-1:123456789012:table/orders"), None);
+        assert_eq!(parse_stream_arn("orders"), None);
+        assert!(build("k", parse(&format!("{arn}stream_name = \"orders\"\n")).expect("both")).is_err());
+        assert!(build("k", parse("endpoint = \"aws\"\napplication = \"app\"\n").expect("neither")).is_err());
         let c = parse(&format!("{base}read = \"fanout\"\n")).expect("parses");
         assert!(build("k", c).is_err());
     }
