@@ -113,6 +113,11 @@ pub struct SourceContext {
     /// upstream before that (the `kinesis` source's checkpoints) waits on it. `None` where
     /// there is no spool: sent counts as taken.
     pub spooled: Option<watch::Receiver<u64>>,
+    /// How many of the events this source sent since it started every sink reading it has
+    /// acknowledged (delivered or dead-lettered), in send order. A source whose upstream
+    /// forgets what it acknowledged (the `kinesis` source's checkpoints, by default) waits on
+    /// it. `None` where there is no spool.
+    pub delivered: Option<watch::Receiver<u64>>,
     /// What the source reports about itself for `/health` (see [`SourceReport`]).
     pub report: SourceReport,
 }

@@ -198,6 +198,11 @@ pub fn start(
     let status: SharedStatus = Arc::new(Mutex::new(Status::default()));
     let mut tasks = Vec::new();
     let mut boards = Vec::new();
+    let readers: BTreeMap<String, Vec<String>> = names
+        .iter()
+        .map(|n| (n.clone(), sinks.iter().filter(|s| s.inputs.contains(n)).map(|s| s.name.clone()).collect()))
+        .collect();
+    let mut delivered_watches = Vec::new();
     let mut reports = Vec::new();
     let floors: Floors = Arc::new(Mutex::new(names.iter().map(|n| (n.clone(), BTreeMap::new())).collect()));
     let mut watched_sources = Vec::new();
@@ -221,6 +226,14 @@ pub fn start(
         }
         let (tx, rx) = mpsc::channel::<Event>(8192);
         let (spooled_tx, spooled_rx) = watch::channel(0u64);
+        let (delivered_tx, delivered_rx) = watch::channel(0u64);
+        delivered_watches.push(DeliveredWatch {
+            source: name.clone(),
+            sinks: readers.get(&name).cloned().unwrap_or_default(),
+            first: next,
+            spooled: spooled_rx.clone(),
+            tx: delivered_tx,
+        });
         watched_sources.push(WatchedSource { name: name.clone(), queue: tx.downgrade(), alarms: alarms.clone() });
         let ctx = SourceContext {
             name: name.clone(),
@@ -231,6 +244,7 @@ pub fn start(
             alarms: alarms.clone(),
             history: Some(Arc::new(SpoolHistory::new(spool.clone(), name.clone()))),
             spooled: Some(spooled_rx),
+            delivered: Some(delivered_rx),
             report: report.clone(),
         };
         let source_name = name.clone();
@@ -325,6 +339,7 @@ pub fn start(
     }
     tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx.clone())));
     let sink_alarms = Arc::new(watched_sinks.iter().map(|w| (w.name.clone(), w.alarms.clone())).collect());
+    tasks.push(tokio::spawn(watch_delivered(delivered_watches, status.clone(), shutdown_rx.clone())));
     tasks.push(tokio::spawn(monitor(watched_sources, watched_sinks, opts.sink_failing_after, shutdown_rx)));
     Ok(Running {
         shutdown: shutdown_tx,
@@ -340,6 +355,52 @@ pub fn start(
 
 fn lock_floors(f: &Floors) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, u64>>> {
     f.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How many of one source's events (sent since this start) every sink reading it has done.
+struct DeliveredWatch {
+    source: String,
+    sinks: Vec<String>,
+    /// The spool ordinal of the first event of this start.
+    first: u64,
+    spooled: watch::Receiver<u64>,
+    tx: watch::Sender<u64>,
+}
+
+/// Keeps each source's `delivered` count (see `SourceContext::delivered`): the lowest
+/// watermark of the sinks reading it, as a count of this start's events. Ordinals of one start
+/// are contiguous, so the watermark maps to a count directly.
+async fn watch_delivered(watches: Vec<DeliveredWatch>, status: SharedStatus, mut shutdown: watch::Receiver<bool>) {
+    if watches.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(25));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Sources still checkpoint while they stop: keep counting until every one is gone.
+        tick.tick().await;
+        if *shutdown.borrow_and_update() && watches.iter().all(|w| w.tx.is_closed()) {
+            return;
+        }
+        let st = lock(&status);
+        for w in &watches {
+            let spooled = *w.spooled.borrow();
+            let low = w.sinks.iter().filter_map(|s| st.sinks.get(s)?.watermarks.get(&w.source).copied()).min();
+            let done = match low {
+                Some(wm) => wm.saturating_sub(w.first.saturating_sub(1)).min(spooled),
+                // No sink reads it: taken by the spool is all there is.
+                None if w.sinks.is_empty() => spooled,
+                None => 0,
+            };
+            w.tx.send_if_modified(|d| {
+                let moved = done > *d;
+                if moved {
+                    *d = done;
+                }
+                moved
+            });
+        }
+    }
 }
 
 /// Trims every spool once per [`KEEP_INTERVAL`] until shutdown.

@@ -93,6 +93,7 @@ fn worker(env: &Env, id: &str) -> Worker {
         alarms: Alarms::default(),
         history: None,
         spooled: Some(spooled_rx),
+        delivered: None,
         report: report.clone(),
     };
     let got = Arc::new(Mutex::new(Vec::new()));

@@ -58,6 +58,9 @@ fn default_idle() -> Duration {
 fn default_failover() -> Duration {
     Duration::from_secs(10)
 }
+fn default_checkpoint_after() -> String {
+    "delivered".into()
+}
 fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(1)
 }
@@ -112,6 +115,13 @@ pub struct KinesisSourceConfig {
     /// How often spooled progress is checkpointed.
     #[serde(default = "default_checkpoint_interval", deserialize_with = "sluice_core::duration::deserialize")]
     pub checkpoint_interval: Duration,
+    /// What a checkpoint may cover: `"delivered"` (default: records every sink of the pipeline
+    /// acknowledged, so a worker that dies for good loses nothing; the KCL's "checkpoint after
+    /// processing") or `"spooled"` (records the spool durably took: checkpoints move sooner and
+    /// a graceful stop re-reads less, but what a dead worker's spool still holds reaches the
+    /// sinks only when that worker comes back with its data directory).
+    #[serde(default = "default_checkpoint_after")]
+    pub checkpoint_after: String,
     /// Undo the kinesis sink's `compression`: records that are a gzip member or a zstd frame
     /// (told by their magic numbers) are decompressed, others passed on as they are. One that
     /// does not decompress is dead-lettered (`decompress_failed`). Default false.
@@ -190,6 +200,12 @@ pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, Fl
     }
     if cfg.read != "polling" {
         return Err(bad(format!("`read` = {:?} is not supported yet; use \"polling\"", cfg.read)));
+    }
+    if !matches!(cfg.checkpoint_after.as_str(), "delivered" | "spooled") {
+        return Err(bad(format!(
+            "`checkpoint_after` = {:?}: expected \"delivered\" or \"spooled\"",
+            cfg.checkpoint_after
+        )));
     }
     if !(1..=10_000).contains(&cfg.max_records) {
         return Err(bad(format!("`max_records` must be 1..=10000, not {}", cfg.max_records)));
@@ -406,7 +422,9 @@ impl KinesisSource {
         });
         let mut handoffs = tokio::task::JoinSet::new();
         let report = ctx.report.clone();
-        let spooled = ctx.spooled.clone();
+        // How many sent events are safe to checkpoint (named `spooled` below for either kind).
+        let delivered_mode = cfg.checkpoint_after == "delivered";
+        let spooled = if delivered_mode { ctx.delivered.clone().or(ctx.spooled.clone()) } else { ctx.spooled.clone() };
         let mut readers: HashMap<String, (watch::Sender<bool>, tokio::task::JoinHandle<()>)> = HashMap::new();
         let mut checkpoint_tick = tokio::time::interval(cfg.checkpoint_interval);
         let mut sync_tick = tokio::time::interval(Duration::from_secs(60));
@@ -469,7 +487,11 @@ impl KinesisSource {
         if let Some(rx) = &spooled {
             let sent = shared.ledger.lock().await.sent;
             let mut rx = rx.clone();
-            let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|n| *n >= sent)).await;
+            // The sinks stop with the pipeline, so what they have not acknowledged by now is
+            // re-read by the next owner (and delivered by this worker's spool when it comes
+            // back): duplicates, never a loss. The spool takes what was sent within moments.
+            let wait = if delivered_mode { Duration::from_millis(200) } else { Duration::from_secs(5) };
+            let _ = tokio::time::timeout(wait, rx.wait_for(|n| *n >= sent)).await;
         }
         let done = {
             let upto = spooled.as_ref().map_or(u64::MAX, |rx| *rx.borrow());

@@ -140,6 +140,7 @@ pub fn start(name: &str, source: Box<dyn Source>, resume_cursor: Option<&str>, c
         alarms: sluice_flow::Alarms::default(),
         history: None,
         spooled: None,
+        delivered: None,
         report: Default::default(),
     };
     let task = tokio::spawn(source.run(ctx));

@@ -771,6 +771,27 @@ impl LeaseCoordinator {
             }
         }
         let existing: BTreeSet<String> = self.inner.table.scan().await?.into_iter().map(|l| l.key).collect();
+        let mut children: HashMap<&str, Vec<&str>> = HashMap::new();
+        for s in shards {
+            for p in &s.parents {
+                children.entry(p.as_str()).or_default().push(s.id.as_str());
+            }
+        }
+        // A closed shard with a leased descendant was read to its end already: its lease was
+        // deleted once its children started. Leasing it again would read it all twice.
+        let consumed = |id: &str| {
+            let mut stack: Vec<&str> = children.get(id).cloned().unwrap_or_default();
+            let mut seen = BTreeSet::new();
+            while let Some(c) = stack.pop() {
+                if existing.contains(c) {
+                    return true;
+                }
+                if seen.insert(c) {
+                    stack.extend(children.get(c).into_iter().flatten().copied());
+                }
+            }
+            false
+        };
         let mut leased: HashMap<String, bool> = HashMap::new();
         let mut created = 0;
         // Parents first, so a child sees whether its parents are leased.
@@ -779,6 +800,10 @@ impl LeaseCoordinator {
                 shard.parents.iter().any(|p| existing.contains(p) || leased.get(p).copied().unwrap_or(false));
             if existing.contains(&shard.id) {
                 leased.insert(shard.id.clone(), true);
+                continue;
+            }
+            if shard.closed && consumed(&shard.id) {
+                leased.insert(shard.id.clone(), false);
                 continue;
             }
             let include = match initial {

@@ -587,6 +587,12 @@ async fn split_children_wait_for_the_parent_and_the_parent_lease_is_cleaned_up()
     sim.run_until(Duration::from_secs(120)).await;
     assert!(sim.table.item("p").is_none(), "parent lease deleted once both children run");
     assert_eq!(coord.held(), vec!["c1".to_owned(), "c2".to_owned()]);
+    // The closed parent is still listed (within retention): a later sync must not lease it
+    // again, or it would be read twice.
+    for initial in [InitialPosition::TrimHorizon, InitialPosition::Latest] {
+        assert_eq!(coord.sync_shards(&split_shards(), initial).await, Ok(0));
+        assert!(sim.table.item("p").is_none(), "a consumed parent is not leased again ({initial:?})");
+    }
 }
 
 #[tokio::test]
