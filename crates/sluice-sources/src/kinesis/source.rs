@@ -19,6 +19,7 @@ use sluice_flow::{BoxFuture, Event, FlowError, Source, SourceContext};
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::backend::StreamBackend;
+use super::fanout::{ensure_consumer, subscribe_shard};
 use super::leases::{
     Checkpoint as LeaseCheckpoint, DynamoConfig, DynamoLeaseTable, InitialPosition, LeaseConfig, LeaseCoordinator,
     LeaseError, LeaseEvent, ShardInfo, default_worker_id,
@@ -86,9 +87,13 @@ pub struct KinesisSourceConfig {
     /// `"trim_horizon"`, `"latest"` (default, as the KCL) or `{ at_timestamp = "RFC 3339" }`.
     #[serde(default = "default_position")]
     pub starting_position: StartingPosition,
-    /// `"polling"` (GetRecords).
+    /// `"polling"` (GetRecords) or `"fanout"` (enhanced fan-out: a registered stream consumer
+    /// with SubscribeToShard, which has its own 2 MB/s per shard).
     #[serde(default = "default_read")]
     pub read: String,
+    /// The enhanced fan-out consumer's name with `read = "fanout"` (default: `application`).
+    #[serde(default)]
+    pub consumer_name: Option<String>,
     /// GetRecords `Limit`.
     #[serde(default = "default_max_records")]
     pub max_records: u32,
@@ -117,8 +122,23 @@ pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, Fl
     if cfg.application.is_empty() {
         return Err(bad("`application` must not be empty".into()));
     }
-    if cfg.read != "polling" {
-        return Err(bad(format!("`read` = {:?} is not supported yet; use \"polling\"", cfg.read)));
+    if cfg.read != "polling" && cfg.read != "fanout" {
+        return Err(bad(format!("`read` = {:?}: expected \"polling\" or \"fanout\"", cfg.read)));
+    }
+    if cfg.consumer_name.is_some() && cfg.read != "fanout" {
+        return Err(bad("`consumer_name` is only used with `read = \"fanout\"`".into()));
+    }
+    if cfg.read == "fanout" {
+        // Kinesis's ConsumerName pattern, checked here rather than at the first subscription.
+        let c = cfg.consumer_name.as_deref().unwrap_or(&cfg.application);
+        let ok = !c.is_empty()
+            && c.len() <= 128
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(bad(format!(
+                "`consumer_name` (default: `application`) = {c:?}: 1 to 128 of a-z, A-Z, 0-9, `_`, `.`, `-`"
+            )));
+        }
     }
     if !(1..=10_000).contains(&cfg.max_records) {
         return Err(bad(format!("`max_records` must be 1..=10000, not {}", cfg.max_records)));
@@ -195,6 +215,8 @@ struct Shared {
     ledger: Mutex<Ledger>,
     settings: ReaderSettings,
     at_ms: Option<u64>,
+    /// With `read = "fanout"`: the stream consumer's ARN (readers subscribe instead of polling).
+    consumer_arn: Option<String>,
     /// Shards whose end was spooled and checkpointed: a re-sync creates their children.
     resync: tokio::sync::Notify,
 }
@@ -234,20 +256,35 @@ impl KinesisSource {
         let (leases, mut lease_events) = LeaseCoordinator::new(table, lease_cfg);
         tracing::info!(source = %self.name, stream = %cfg.stream_name, application = %cfg.application, worker = %worker, "kinesis source starting");
 
-        // Table and first shard sync, retried until they work or the pipeline stops.
+        // Table, first shard sync and (fan-out) an ACTIVE consumer, retried until they work or
+        // the pipeline stops.
+        let fanout = cfg.read == "fanout";
+        let consumer = cfg.consumer_name.clone().unwrap_or_else(|| cfg.application.clone());
         let mut backoff = Duration::from_millis(200);
-        loop {
-            let r = async {
+        let consumer_arn = loop {
+            let attempt = async {
                 leases.initialize().await.map_err(|e| e.to_string())?;
-                sync(&backend, &leases, self.initial).await
-            }
-            .await;
+                sync(&backend, &leases, self.initial).await?;
+                if !fanout {
+                    return Ok(None);
+                }
+                let arn = ensure_consumer(backend.as_ref(), &consumer, Duration::from_secs(120))
+                    .await
+                    .map_err(|e| format!("stream consumer {consumer}: {e}"))?;
+                tracing::info!(source = %self.name, consumer = %arn, "enhanced fan-out consumer ACTIVE");
+                Ok::<_, String>(Some(arn))
+            };
+            // Waiting for a consumer to become ACTIVE can take a while: a stop ends it.
+            let r = tokio::select! {
+                r = attempt => r,
+                () = stopped(&mut shutdown) => return Ok(()),
+            };
             match r {
-                Ok(()) => {
+                Ok(arn) => {
                     if ctx.alarms.clear(UNAVAILABLE) {
                         tracing::info!(source = %self.name, "stream and lease table reachable again");
                     }
-                    break;
+                    break arn;
                 }
                 Err(e) => {
                     // /health answers 503 with this while the source cannot start reading.
@@ -263,7 +300,7 @@ impl KinesisSource {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-        }
+        };
         let lease_task = leases.spawn();
         let shared = Arc::new(Shared {
             name: self.name.clone(),
@@ -277,6 +314,7 @@ impl KinesisSource {
                 ..ReaderSettings::default()
             },
             at_ms: self.at_ms,
+            consumer_arn,
             resync: tokio::sync::Notify::new(),
         });
         let spooled = ctx.spooled.clone();
@@ -422,7 +460,13 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
         let settings = shared.settings.clone();
         let shard = shard.clone();
         let stop = stop.clone();
-        async move { read_shard(backend, &shard, start, &settings, tx, stop).await }
+        let consumer_arn = shared.consumer_arn.clone();
+        async move {
+            match consumer_arn {
+                Some(arn) => subscribe_shard(backend, &arn, &shard, start, &settings, tx, stop).await,
+                None => read_shard(backend, &shard, start, &settings, tx, stop).await,
+            }
+        }
     });
     let shard_id: Arc<str> = Arc::from(shard.as_str());
     while let Some(item) = rx.recv().await {
@@ -498,6 +542,14 @@ mod tests {
         let c = parse(&format!("{base}starting_position = \"oldest\"\n")).expect("parses");
         assert!(build("k", c).is_err());
         let c = parse(&format!("{base}read = \"fanout\"\n")).expect("parses");
+        assert!(build("k", c).is_ok());
+        let c = parse(&format!("{base}read = \"fanout\"\nconsumer_name = \"copier-2\"\n")).expect("parses");
+        assert!(build("k", c).is_ok());
+        let c = parse(&format!("{base}read = \"fanout\"\nconsumer_name = \"no spaces\"\n")).expect("parses");
+        assert!(build("k", c).is_err());
+        let c = parse(&format!("{base}consumer_name = \"c\"\n")).expect("parses");
+        assert!(build("k", c).is_err(), "consumer_name without fanout");
+        let c = parse(&format!("{base}read = \"push\"\n")).expect("parses");
         assert!(build("k", c).is_err());
     }
 }
