@@ -12,11 +12,15 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline_helpers import (  # noqa: F401  (fixtures)
+    kinesis_sink_toml,
     metric_sum,
     pipeline_factory,
     pipeline_toml,
     wait_for,
+    ws_feed_factory,
+    ws_source_toml,
 )
+from providers import Feed
 
 KEYS = [f"k{j}" for j in range(40)]
 
@@ -145,3 +149,25 @@ def test_fanout_follows_a_split(server_factory, tmp_path, pipeline_factory):
     # consumer_name defaults to the application.
     arn = kinesis.describe_stream_summary(StreamName="src")["StreamDescriptionSummary"]["StreamARN"]
     assert [c["ConsumerName"] for c in kinesis.list_stream_consumers(StreamARN=arn)["Consumers"]] == ["fan-split"]
+
+
+def test_fanout_on_the_pipelines_own_embedded_stream(tmp_path, ws_feed_factory, pipeline_factory):
+    """Without `endpoint` the source reaches the embedded stream over its URL, as polling does:
+    the consumer is registered there and subscriptions run on the embedded server."""
+    feed = Feed(total=200)
+    provider = ws_feed_factory(feed)
+    archive = tmp_path / "archive"
+    sources = ws_source_toml("feed", provider.url, resume_url=provider.url + "?after={cursor}") + "\n".join([
+        "[sources.in]", 'type = "kinesis"', 'stream_name = "race"', 'application = "self"',
+        'starting_position = "trim_horizon"', 'read = "fanout"',
+    ]) + "\n"
+    sinks = kinesis_sink_toml("out", ["feed"], "race") + "\n" + "\n".join(
+        ["[sinks.archive]", 'type = "file"', 'inputs = ["in"]', f'path = "{archive}"']) + "\n"
+    run = pipeline_factory(pipeline_toml(tmp_path / "data", sources, sinks))
+    wait_for(lambda: len(archived(archive)) >= feed.total, 90, f"{feed.total} events archived",
+             details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
+    assert sorted(r["seq"] for r in archived(archive)) == list(range(1, feed.total + 1))
+    client = run.embedded_client()
+    arn = client.describe_stream_summary(StreamName="race")["StreamDescriptionSummary"]["StreamARN"]
+    assert [c["ConsumerName"] for c in client.list_stream_consumers(StreamARN=arn)["Consumers"]] == ["self"]
+    assert metric_sum(run.metrics(), "sluice_kinesis_records_read_total", read="fanout") == feed.total
