@@ -10,7 +10,9 @@ use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use sluice_kinesis_api::{ApiConfig, Server};
-use sluice_sources::kinesis::backend::{Consumer, Page, PageStream, Position, ReadFuture, ShardDesc, StreamBackend};
+use sluice_sources::kinesis::backend::{
+    Consumer, Page, PageStream, Position, ReadError, ReadFuture, ShardDesc, StreamBackend,
+};
 use sluice_sources::kinesis::fanout::{ensure_consumer, subscribe_shard};
 use sluice_sources::kinesis::reader::{Checkpoint, ReaderSettings, ReaderStop, ShardItem, ShardRecord, read_shard};
 use sluice_sources::kinesis::sdk::{SdkOptions, SdkStream};
@@ -452,4 +454,64 @@ async fn a_backend_without_fanout_says_so() {
     let r = spawn_fanout(b, "arn", SHARD0, Checkpoint::TrimHorizon, fast());
     let out = tokio::time::timeout(Duration::from_secs(5), r.task).await.expect("returns").expect("join");
     assert!(matches!(out, Err(ReaderStop::Unsupported(_))), "{out:?}");
+}
+
+/// A real backend whose subscriptions break: every third SubscribeToShard call fails, and every
+/// subscription breaks off with an error after its second event.
+struct Flaky {
+    inner: Arc<dyn StreamBackend>,
+    calls: AtomicUsize,
+}
+
+impl StreamBackend for Flaky {
+    fn stream_name(&self) -> &str {
+        self.inner.stream_name()
+    }
+    fn list_shards(&self) -> ReadFuture<'_, Vec<ShardDesc>> {
+        self.inner.list_shards()
+    }
+    fn shard_iterator<'a>(&'a self, shard: &'a str, at: &'a Position) -> ReadFuture<'a, String> {
+        self.inner.shard_iterator(shard, at)
+    }
+    fn get_records<'a>(&'a self, iterator: &'a str, limit: u32) -> ReadFuture<'a, Page> {
+        self.inner.get_records(iterator, limit)
+    }
+    fn subscribe<'a>(&'a self, consumer_arn: &'a str, shard: &'a str, at: &'a Position) -> ReadFuture<'a, PageStream> {
+        use futures_util::StreamExt;
+        if self.calls.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+            return Box::pin(async { Err(ReadError::Other("test: refused".into())) });
+        }
+        let inner = self.inner.subscribe(consumer_arn, shard, at);
+        Box::pin(async move {
+            let events = inner.await?;
+            let cut = futures_util::stream::once(async { Err(ReadError::Other("test: connection reset".into())) });
+            Ok(events.take(2).chain(cut).boxed())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_subscriptions_resume_after_the_last_continuation_without_loss_or_repeats() {
+    let env = start(ApiConfig::default()).await;
+    create(&env, "s", 1).await;
+    let real = backend(&env, "s").await;
+    let arn = ensure_consumer(real.as_ref(), "flaky", Duration::from_secs(20)).await.expect("consumer");
+    let flaky = Arc::new(Flaky { inner: real, calls: AtomicUsize::new(0) });
+    let b: Arc<dyn StreamBackend> = flaky.clone();
+    let mut r = spawn_fanout(b, &arn, SHARD0, Checkpoint::TrimHorizon, fast());
+    let writer = {
+        let client = env.client.clone();
+        tokio::spawn(async move {
+            for batch in 0..12 {
+                put_with(&client, "s", plain("f", batch * 30..(batch + 1) * 30)).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        })
+    };
+    let (got, _) = r.take(360, Duration::from_secs(60)).await;
+    writer.await.expect("writer");
+    assert_eq!(data(&got), data_of(plain("f", 0..360)), "every record once, in order");
+    let calls = flaky.calls.load(Ordering::SeqCst);
+    assert!(calls >= 4, "only {calls} subscriptions: the failures were not exercised");
+    r.stop().await.expect_err("stopped");
 }
