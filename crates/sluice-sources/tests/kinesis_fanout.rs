@@ -515,3 +515,43 @@ async fn broken_subscriptions_resume_after_the_last_continuation_without_loss_or
     assert!(calls >= 4, "only {calls} subscriptions: the failures were not exercised");
     r.stop().await.expect_err("stopped");
 }
+
+/// A backend whose subscriptions are accepted and end at once, without an event.
+struct EndsAtOnce {
+    inner: Arc<dyn StreamBackend>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl StreamBackend for EndsAtOnce {
+    fn stream_name(&self) -> &str {
+        self.inner.stream_name()
+    }
+    fn list_shards(&self) -> ReadFuture<'_, Vec<ShardDesc>> {
+        self.inner.list_shards()
+    }
+    fn shard_iterator<'a>(&'a self, shard: &'a str, at: &'a Position) -> ReadFuture<'a, String> {
+        self.inner.shard_iterator(shard, at)
+    }
+    fn get_records<'a>(&'a self, iterator: &'a str, limit: u32) -> ReadFuture<'a, Page> {
+        self.inner.get_records(iterator, limit)
+    }
+    fn subscribe<'a>(&'a self, _: &'a str, _: &'a str, _: &'a Position) -> ReadFuture<'a, PageStream> {
+        use futures_util::StreamExt;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(futures_util::stream::empty().boxed()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_that_end_at_once_are_renewed_with_backoff_not_in_a_tight_loop() {
+    let env = start(ApiConfig::default()).await;
+    create(&env, "s", 1).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let b: Arc<dyn StreamBackend> = Arc::new(EndsAtOnce { inner: backend(&env, "s").await, calls: calls.clone() });
+    let r = spawn_fanout(b, "arn", SHARD0, Checkpoint::TrimHorizon, fast());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    r.stop().await.expect_err("stopped");
+    // Backoff 20 ms doubling to 400 ms: about 6 subscriptions in a second.
+    let n = calls.load(Ordering::SeqCst);
+    assert!((3..=12).contains(&n), "{n} subscriptions in 1 s");
+}

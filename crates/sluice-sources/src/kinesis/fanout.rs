@@ -96,6 +96,7 @@ pub async fn subscribe_shard(
                 metrics::counter!("sluice_kinesis_subscriptions_total", &labels).increment(1);
                 let lifetime = tokio::time::sleep(settings.subscription_lifetime);
                 tokio::pin!(lifetime);
+                let mut events_seen = 0u64;
                 loop {
                     let next = tokio::select! {
                         n = tokio::time::timeout(settings.event_timeout, events.next()) => n,
@@ -104,7 +105,12 @@ pub async fn subscribe_shard(
                     };
                     let page = match next {
                         // The server ended the subscription: subscribe again from where it was.
-                        Ok(None) => break None,
+                        Ok(None) if events_seen > 0 => break None,
+                        // Ended at once (a server shutting down, say): back off rather than
+                        // subscribe again in a tight loop.
+                        Ok(None) => {
+                            break Some(ReadError::Other("the subscription ended before its first event".into()));
+                        }
                         Ok(Some(Ok(page))) => page,
                         Ok(Some(Err(e))) => break Some(e),
                         Err(_) => {
@@ -115,6 +121,7 @@ pub async fn subscribe_shard(
                         }
                     };
                     backoff = settings.min_backoff;
+                    events_seen += 1;
                     let records = user_records(&shard_id, &page, &position);
                     if let Some(last) = records.last() {
                         position = last.checkpoint();
