@@ -66,8 +66,9 @@ def test_every_record_reaches_the_sink_with_its_place_in_the_stream(server, kine
              details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
     lines = archived(archive)
     assert len(lines) == 45
+    arn = kinesis.describe_stream_summary(StreamName="meta")["StreamDescriptionSummary"]["StreamARN"]
     for line in lines:
-        assert line["stream"] == "meta"
+        assert line["stream"] == "meta" and line["stream_arn"] == arn
         assert abs(line["arrival_ms"] - arrival[line["sequence_number"]]) <= 1, line
         assert line["received_ms"] >= line["arrival_ms"]
     by_i = {line["data"]["i"]: line for line in lines if "i" in line["data"]}

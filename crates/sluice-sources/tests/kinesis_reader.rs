@@ -264,6 +264,7 @@ async fn expired_iterators_and_throttling_lose_and_repeat_nothing() {
         idle_between_reads: Duration::from_millis(5),
         min_backoff: Duration::from_millis(50),
         max_backoff: Duration::from_millis(400),
+        ..ReaderSettings::default()
     };
     let (got, _) = drain(b, "shardId-000000000000", Checkpoint::TrimHorizon, settings).await;
     let data: Vec<String> = got.iter().map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect();

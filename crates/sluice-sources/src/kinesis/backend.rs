@@ -1,11 +1,13 @@
 //! What the `kinesis` source needs from a stream, behind a small trait: list the shards, get an
-//! iterator, get records. Implemented over the AWS SDK ([`super::sdk::SdkStream`]: AWS, or any
-//! Kinesis-compatible endpoint) and, in `sluice-pipeline`, in-process on the embedded stream.
+//! iterator, get records and, for enhanced fan-out, register a consumer and subscribe to a
+//! shard. Implemented over the AWS SDK ([`super::sdk::SdkStream`]: AWS, or any
+//! Kinesis-compatible endpoint such as `sluice serve` or a pipeline's embedded stream).
 
 use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
+use futures_util::stream::BoxStream;
 
 /// A boxed future of a backend call.
 pub type ReadFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ReadError>> + Send + 'a>>;
@@ -62,12 +64,13 @@ pub struct Fetched {
     pub arrival_ms: u64,
 }
 
-/// One GetRecords answer.
+/// One GetRecords answer, or one SubscribeToShard event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Page {
     /// The records, in shard order.
     pub records: Vec<Fetched>,
-    /// Where to go on; `None` at the end of a closed shard.
+    /// Where to go on (GetRecords: the next iterator; SubscribeToShard: the
+    /// `ContinuationSequenceNumber`); `None` at the end of a closed shard.
     pub next_iterator: Option<String>,
     /// How far behind the tip this read was.
     pub millis_behind: Option<i64>,
@@ -87,6 +90,13 @@ pub enum ReadError {
     /// `ResourceNotFoundException`: the stream or shard does not exist (any more).
     #[error("not found: {0}")]
     NotFound(String),
+    /// `ResourceInUseException`: the consumer exists already (RegisterStreamConsumer), or
+    /// another subscription to the shard is active (SubscribeToShard).
+    #[error("in use: {0}")]
+    InUse(String),
+    /// The backend cannot do this (e.g. enhanced fan-out).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// Anything else (network, 5xx, ...): retried with backoff.
     #[error("{0}")]
     Other(String),
@@ -101,9 +111,28 @@ impl ReadError {
             }
             Some("ExpiredIteratorException") => ReadError::ExpiredIterator(message),
             Some("ResourceNotFoundException") => ReadError::NotFound(message),
+            Some("ResourceInUseException") => ReadError::InUse(message),
             _ => ReadError::Other(message),
         }
     }
+}
+
+/// An enhanced fan-out consumer, as RegisterStreamConsumer / DescribeStreamConsumer describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// Its ARN (what SubscribeToShard takes).
+    pub arn: String,
+    /// `CREATING`, `ACTIVE`, `DELETING` (or `UPDATING`).
+    pub status: String,
+}
+
+/// A subscription's events, in order; it ends when the server ends the subscription (after at
+/// most 5 minutes, or at the end of a closed shard) and after yielding an error.
+pub type PageStream = BoxStream<'static, Result<Page, ReadError>>;
+
+fn unsupported<'a, T: 'a>(what: &str) -> ReadFuture<'a, T> {
+    let message = format!("{what} (enhanced fan-out) is not supported by this backend");
+    Box::pin(async move { Err(ReadError::Unsupported(message)) })
 }
 
 /// A stream the source reads.
@@ -116,6 +145,26 @@ pub trait StreamBackend: Send + Sync + 'static {
     fn shard_iterator<'a>(&'a self, shard: &'a str, at: &'a Position) -> ReadFuture<'a, String>;
     /// GetRecords.
     fn get_records<'a>(&'a self, iterator: &'a str, limit: u32) -> ReadFuture<'a, Page>;
+    /// The stream's ARN (DescribeStreamSummary), which records carry to the sinks.
+    fn stream_arn(&self) -> ReadFuture<'_, String> {
+        Box::pin(async { Err(ReadError::Unsupported("DescribeStreamSummary is not supported by this backend".into())) })
+    }
+    /// RegisterStreamConsumer on this stream; [`ReadError::InUse`] if it exists already.
+    fn register_consumer<'a>(&'a self, name: &'a str) -> ReadFuture<'a, Consumer> {
+        let _ = name;
+        unsupported("RegisterStreamConsumer")
+    }
+    /// DescribeStreamConsumer on this stream, by name.
+    fn describe_consumer<'a>(&'a self, name: &'a str) -> ReadFuture<'a, Consumer> {
+        let _ = name;
+        unsupported("DescribeStreamConsumer")
+    }
+    /// SubscribeToShard: resolves once the subscription is accepted; its events follow as
+    /// [`Page`]s whose `next_iterator` is the continuation sequence number.
+    fn subscribe<'a>(&'a self, consumer_arn: &'a str, shard: &'a str, at: &'a Position) -> ReadFuture<'a, PageStream> {
+        let _ = (consumer_arn, shard, at);
+        unsupported("SubscribeToShard")
+    }
 }
 
 /// Orders two sequence numbers (decimal strings without leading zeros, as Kinesis issues

@@ -95,6 +95,13 @@ pub struct ReaderSettings {
     pub min_backoff: Duration,
     /// Longest backoff.
     pub max_backoff: Duration,
+    /// Fan-out: the longest a subscription is kept before subscribing again from its last
+    /// continuation. Kinesis ends each after 5 minutes itself; this bound (a little longer)
+    /// only renews one that a server or proxy never ends.
+    pub subscription_lifetime: Duration,
+    /// Fan-out: a subscription that delivers no event for this long is dropped and renewed
+    /// (servers send an event, possibly empty, every few seconds).
+    pub event_timeout: Duration,
 }
 
 impl Default for ReaderSettings {
@@ -104,6 +111,8 @@ impl Default for ReaderSettings {
             idle_between_reads: Duration::from_millis(250),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            subscription_lifetime: Duration::from_secs(315),
+            event_timeout: Duration::from_secs(35),
         }
     }
 }
@@ -114,13 +123,16 @@ pub enum ReaderStop {
     /// The stop signal fired or the receiver went away.
     #[error("stopped")]
     Stopped,
-    /// The stream or shard does not exist.
+    /// The stream or shard (or, for fan-out, the consumer) does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The backend cannot read this way (fan-out on a backend without it).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// The position a restart reads from, and which user records at it are already done.
-fn position_of(cp: &Checkpoint) -> Option<Position> {
+pub(super) fn position_of(cp: &Checkpoint) -> Option<Position> {
     match cp {
         Checkpoint::TrimHorizon => Some(Position::TrimHorizon),
         Checkpoint::Latest => Some(Position::Latest),
@@ -144,7 +156,7 @@ fn done(cp: &Checkpoint, seq: &str, sub: u64) -> bool {
 
 /// Turns a page into user records after `cp`, de-aggregating KPL records (one that fails the
 /// KCL's checks is passed on whole, as the KCL does).
-fn user_records(shard: &Arc<str>, page: &Page, cp: &Checkpoint) -> Vec<ShardRecord> {
+pub(super) fn user_records(shard: &Arc<str>, page: &Page, cp: &Checkpoint) -> Vec<ShardRecord> {
     let mut out = Vec::with_capacity(page.records.len());
     for r in &page.records {
         let seq: Arc<str> = Arc::from(r.sequence_number.as_str());
@@ -204,22 +216,13 @@ pub async fn read_shard(
 ) -> Result<(), ReaderStop> {
     let shard_id: Arc<str> = Arc::from(shard);
     let stream = backend.stream_name().to_owned();
-    let labels = [("stream", stream.clone()), ("shard", shard.to_owned())];
+    let labels = read_labels(&stream, shard, "polling");
     let mut position = from;
     if position == Checkpoint::ShardEnd {
         return send(&out, ShardItem::End { children: Vec::new() }).await;
     }
     let mut iterator: Option<String> = None;
     let mut backoff = settings.min_backoff;
-    let pause = |d: Duration, stop: &mut watch::Receiver<bool>| {
-        let mut stop = stop.clone();
-        async move {
-            tokio::select! {
-                () = tokio::time::sleep(d) => false,
-                _ = stop.wait_for(|s| *s) => true,
-            }
-        }
-    };
     loop {
         if *stop.borrow() {
             return Err(ReaderStop::Stopped);
@@ -252,13 +255,8 @@ pub async fn read_shard(
                 let records = user_records(&shard_id, &page, &position);
                 if let Some(last) = records.last() {
                     position = last.checkpoint();
-                    metrics::counter!("sluice_kinesis_records_read_total", &labels).increment(records.len() as u64);
-                    let bytes: usize = records.iter().map(|r| r.data.len()).sum();
-                    metrics::counter!("sluice_kinesis_bytes_read_total", &labels).increment(bytes as u64);
                 }
-                if let Some(ms) = page.millis_behind {
-                    metrics::gauge!("sluice_kinesis_millis_behind_latest", &labels).set(ms as f64);
-                }
+                count_read(&records, page.millis_behind, &labels);
                 let empty = records.is_empty();
                 if !empty {
                     send(&out, ShardItem::Records { records, millis_behind: page.millis_behind }).await?;
@@ -292,7 +290,34 @@ pub async fn read_shard(
     }
 }
 
-fn count_failure(e: &ReadError, labels: &[(&'static str, String); 2], stream: &str, shard: &str) {
+/// The labels of a reader's metrics: `read` tells polling (`"polling"`) from enhanced fan-out
+/// (`"fanout"`) under the same metric names.
+pub(super) fn read_labels(stream: &str, shard: &str, read: &'static str) -> [(&'static str, String); 3] {
+    [("stream", stream.to_owned()), ("shard", shard.to_owned()), ("read", read.to_owned())]
+}
+
+/// Counts records and bytes handed on, and sets how far behind the tip the read was.
+pub(super) fn count_read(records: &[ShardRecord], millis_behind: Option<i64>, labels: &[(&'static str, String)]) {
+    if !records.is_empty() {
+        metrics::counter!("sluice_kinesis_records_read_total", labels).increment(records.len() as u64);
+        let bytes: usize = records.iter().map(|r| r.data.len()).sum();
+        metrics::counter!("sluice_kinesis_bytes_read_total", labels).increment(bytes as u64);
+    }
+    if let Some(ms) = millis_behind {
+        metrics::gauge!("sluice_kinesis_millis_behind_latest", labels).set(ms as f64);
+    }
+}
+
+/// Sleeps `d`; true if `stop` fired meanwhile.
+pub(super) async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut stop = stop.clone();
+    tokio::select! {
+        () = tokio::time::sleep(d) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+pub(super) fn count_failure(e: &ReadError, labels: &[(&'static str, String)], stream: &str, shard: &str) {
     match e {
         ReadError::Throttled(_) => {
             metrics::counter!("sluice_kinesis_read_throttled_total", labels).increment(1);
@@ -305,7 +330,7 @@ fn count_failure(e: &ReadError, labels: &[(&'static str, String); 2], stream: &s
     }
 }
 
-async fn send(out: &mpsc::Sender<ShardItem>, item: ShardItem) -> Result<(), ReaderStop> {
+pub(super) async fn send(out: &mpsc::Sender<ShardItem>, item: ShardItem) -> Result<(), ReaderStop> {
     out.send(item).await.map_err(|_| ReaderStop::Stopped)
 }
 

@@ -20,6 +20,7 @@ use sluice_flow::{BoxFuture, DeadLetters, Event, FlowError, Origin, Source, Sour
 use tokio::sync::{Mutex, mpsc, watch};
 
 use super::backend::StreamBackend;
+use super::fanout::{ensure_consumer, subscribe_shard};
 use super::leases::{
     Checkpoint as LeaseCheckpoint, DynamoConfig, DynamoLeaseTable, InitialPosition, LeaseConfig, LeaseCoordinator,
     LeaseError, LeaseEvent, ShardInfo, default_worker_id,
@@ -95,9 +96,13 @@ pub struct KinesisSourceConfig {
     /// `"trim_horizon"`, `"latest"` (default, as the KCL) or `{ at_timestamp = "RFC 3339" }`.
     #[serde(default = "default_position")]
     pub starting_position: StartingPosition,
-    /// `"polling"` (GetRecords).
+    /// `"polling"` (GetRecords) or `"fanout"` (enhanced fan-out: a registered stream consumer
+    /// with SubscribeToShard, which has its own 2 MB/s per shard).
     #[serde(default = "default_read")]
     pub read: String,
+    /// The enhanced fan-out consumer's name with `read = "fanout"` (default: `application`).
+    #[serde(default)]
+    pub consumer_name: Option<String>,
     /// GetRecords `Limit`.
     #[serde(default = "default_max_records")]
     pub max_records: u32,
@@ -198,8 +203,23 @@ pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, Fl
     if cfg.application.is_empty() {
         return Err(bad("`application` must not be empty".into()));
     }
-    if cfg.read != "polling" {
-        return Err(bad(format!("`read` = {:?} is not supported yet; use \"polling\"", cfg.read)));
+    if cfg.read != "polling" && cfg.read != "fanout" {
+        return Err(bad(format!("`read` = {:?}: expected \"polling\" or \"fanout\"", cfg.read)));
+    }
+    if cfg.consumer_name.is_some() && cfg.read != "fanout" {
+        return Err(bad("`consumer_name` is only used with `read = \"fanout\"`".into()));
+    }
+    if cfg.read == "fanout" {
+        // Kinesis's ConsumerName pattern, checked here rather than at the first subscription.
+        let c = cfg.consumer_name.as_deref().unwrap_or(&cfg.application);
+        let ok = !c.is_empty()
+            && c.len() <= 128
+            && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if !ok {
+            return Err(bad(format!(
+                "`consumer_name` (default: `application`) = {c:?}: 1 to 128 of a-z, A-Z, 0-9, `_`, `.`, `-`"
+            )));
+        }
     }
     if !matches!(cfg.checkpoint_after.as_str(), "delivered" | "spooled") {
         return Err(bad(format!(
@@ -285,6 +305,8 @@ struct Shared {
     ledger: Mutex<Ledger>,
     settings: ReaderSettings,
     at_ms: Option<u64>,
+    /// With `read = "fanout"`: the stream consumer's ARN (readers subscribe instead of polling).
+    consumer_arn: Option<String>,
     /// Shards whose end was spooled and checkpointed: a re-sync creates their children.
     resync: tokio::sync::Notify,
     /// What each shard being read has done, for `/health`.
@@ -370,20 +392,35 @@ impl KinesisSource {
         let (leases, mut lease_events) = LeaseCoordinator::new(table, lease_cfg);
         tracing::info!(source = %self.name, stream = %cfg.stream_name, application = %cfg.application, worker = %worker, "kinesis source starting");
 
-        // Table and first shard sync, retried until they work or the pipeline stops.
+        // Table, first shard sync and (fan-out) an ACTIVE consumer, retried until they work or
+        // the pipeline stops.
+        let fanout = cfg.read == "fanout";
+        let consumer = cfg.consumer_name.clone().unwrap_or_else(|| cfg.application.clone());
         let mut backoff = Duration::from_millis(200);
-        loop {
-            let r = async {
+        let consumer_arn = loop {
+            let attempt = async {
                 leases.initialize().await.map_err(|e| e.to_string())?;
-                sync(&backend, &leases, self.initial).await
-            }
-            .await;
+                sync(&backend, &leases, self.initial).await?;
+                if !fanout {
+                    return Ok(None);
+                }
+                let arn = ensure_consumer(backend.as_ref(), &consumer, Duration::from_secs(120))
+                    .await
+                    .map_err(|e| format!("stream consumer {consumer}: {e}"))?;
+                tracing::info!(source = %self.name, consumer = %arn, "enhanced fan-out consumer ACTIVE");
+                Ok::<_, String>(Some(arn))
+            };
+            // Waiting for a consumer to become ACTIVE can take a while: a stop ends it.
+            let r = tokio::select! {
+                r = attempt => r,
+                () = stopped(&mut shutdown) => return Ok(()),
+            };
             match r {
-                Ok(()) => {
+                Ok(arn) => {
                     if ctx.alarms.clear(UNAVAILABLE) {
                         tracing::info!(source = %self.name, "stream and lease table reachable again");
                     }
-                    break;
+                    break arn;
                 }
                 Err(e) => {
                     // /health answers 503 with this while the source cannot start reading.
@@ -399,7 +436,7 @@ impl KinesisSource {
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
-        }
+        };
         let lease_task = leases.spawn();
         let shared = Arc::new(Shared {
             name: self.name.clone(),
@@ -408,7 +445,17 @@ impl KinesisSource {
             events: ctx.events.clone(),
             dead_letters: ctx.dead_letters.clone(),
             decompress: cfg.decompress,
-            stream_arn: cfg.stream_arn.clone(),
+            stream_arn: match &cfg.stream_arn {
+                Some(arn) => Some(arn.clone()),
+                // Named by name: ask once, for the records' origin (`eventSourceARN`).
+                None => match backend.stream_arn().await {
+                    Ok(arn) => Some(arn),
+                    Err(e) => {
+                        tracing::warn!(source = %self.name, error = %e, "stream ARN unknown: records carry none");
+                        None
+                    }
+                },
+            },
             ledger: Mutex::new(Ledger::default()),
             settings: ReaderSettings {
                 max_records: cfg.max_records,
@@ -416,6 +463,7 @@ impl KinesisSource {
                 ..ReaderSettings::default()
             },
             at_ms: self.at_ms,
+            consumer_arn,
             resync: tokio::sync::Notify::new(),
             shards: std::sync::Mutex::new(BTreeMap::new()),
             handing_off: std::sync::Mutex::new(HashMap::new()),
@@ -633,7 +681,13 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
         let settings = shared.settings.clone();
         let shard = shard.clone();
         let stop = stop.clone();
-        async move { read_shard(backend, &shard, start, &settings, tx, stop).await }
+        let consumer_arn = shared.consumer_arn.clone();
+        async move {
+            match consumer_arn {
+                Some(arn) => subscribe_shard(backend, &arn, &shard, start, &settings, tx, stop).await,
+                None => read_shard(backend, &shard, start, &settings, tx, stop).await,
+            }
+        }
     });
     let shard_id: Arc<str> = Arc::from(shard.as_str());
     while let Some(item) = rx.recv().await {
@@ -768,6 +822,14 @@ mod tests {
         assert!(build("k", parse(&format!("{arn}stream_name = \"orders\"\n")).expect("both")).is_err());
         assert!(build("k", parse("endpoint = \"aws\"\napplication = \"app\"\n").expect("neither")).is_err());
         let c = parse(&format!("{base}read = \"fanout\"\n")).expect("parses");
+        assert!(build("k", c).is_ok());
+        let c = parse(&format!("{base}read = \"fanout\"\nconsumer_name = \"copier-2\"\n")).expect("parses");
+        assert!(build("k", c).is_ok());
+        let c = parse(&format!("{base}read = \"fanout\"\nconsumer_name = \"no spaces\"\n")).expect("parses");
+        assert!(build("k", c).is_err());
+        let c = parse(&format!("{base}consumer_name = \"c\"\n")).expect("parses");
+        assert!(build("k", c).is_err(), "consumer_name without fanout");
+        let c = parse(&format!("{base}read = \"push\"\n")).expect("parses");
         assert!(build("k", c).is_err());
     }
 }
