@@ -17,6 +17,7 @@ from conftest import sluice_bin
 
 from pipeline_helpers import (  # noqa: F401  (fixtures)
     kinesis_sink_toml,
+    metric_sum,
     pipeline_factory,
     pipeline_toml,
     wait_for,
@@ -138,6 +139,11 @@ def test_a_kinesis_source_without_endpoint_reads_its_own_embedded_stream(tmp_pat
     wait_for(lambda: len(archived(archive)) >= feed.total, 90, f"{feed.total} events archived",
              details=lambda: f"{len(archived(archive))} so far\n{run.log_tail(20)}")
     assert sorted(r["seq"] for r in archived(archive)) == list(range(1, feed.total + 1))
+    # Read in-process: no GetRecords request reached the embedded server over HTTP, yet the
+    # stream counted the records read.
+    samples = run.metrics()
+    assert metric_sum(samples, "sluice_requests_total", operation="GetRecords") == 0
+    assert metric_sum(samples, "sluice_records_out_total", stream="race") >= feed.total
 
 
 def consumer_toml(tmp_path, name, endpoint, application, extra=()):

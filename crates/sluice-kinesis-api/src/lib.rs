@@ -25,7 +25,7 @@ use sluice_storage::Store;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use local::LocalApi;
+pub use local::{LocalApi, LocalRecord, LocalRecords};
 pub use ops::records::{PutEntry, PutOutcome};
 pub use state::{ApiConfig, AppState};
 

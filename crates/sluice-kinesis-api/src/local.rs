@@ -16,6 +16,35 @@ use crate::ops::records::{PutEntry, PutOutcome};
 use crate::state::{AppState, Ctx};
 use crate::value::{self, Format, Out};
 
+/// One record read in-process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRecord {
+    /// Its sequence number.
+    pub sequence_number: String,
+    /// `ApproximateArrivalTimestamp`, epoch ms.
+    pub arrival_ms: u64,
+    /// Partition key.
+    pub partition_key: String,
+    /// Data.
+    pub data: bytes::Bytes,
+}
+
+/// One in-process GetRecords answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRecords {
+    /// The records, in shard order.
+    pub records: Vec<LocalRecord>,
+    /// `NextShardIterator`; `None` at the end of a closed shard.
+    pub next_iterator: Option<String>,
+    /// `MillisBehindLatest`.
+    pub millis_behind: i64,
+    /// At the end of a closed shard: the child shard ids.
+    pub child_shards: Vec<String>,
+    /// One past the shard's newest ordinal when it was read (compare with
+    /// [`LocalApi::watch_shard`]).
+    pub tip: u64,
+}
+
 /// A handle on a running embedded stream, for in-process calls. Cheap to clone.
 #[derive(Clone)]
 pub struct LocalApi {
@@ -45,6 +74,54 @@ impl LocalApi {
             other => other.encode(Format::Json),
         };
         serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(format!("unreadable answer: {e}")))
+    }
+
+    /// GetRecords with a shard iterator from `GetShardIterator` (at most `limit` records,
+    /// 1..=10,000): the same iterator checks, read limits and answer as the HTTP operation,
+    /// without encoding the data as base64 JSON.
+    pub fn get_records(&self, iterator: &str, limit: u32) -> Result<LocalRecords, ApiError> {
+        if !(1..=10_000).contains(&limit) {
+            return Err(ApiError::invalid_argument(format!("Limit {limit} is not within 1..=10000")));
+        }
+        let got = ops::records::read_records(&self.state, &self.ctx(Format::Json), iterator, limit as usize)?;
+        let mut seqs = sluice_core::seq::SequenceWriter::new(got.tag, got.shard);
+        let mut digits = Vec::with_capacity(64);
+        let records = got
+            .records
+            .into_iter()
+            .map(|r| {
+                digits.clear();
+                seqs.write(r.ordinal, r.arrival_ms, &mut digits);
+                LocalRecord {
+                    sequence_number: String::from_utf8_lossy(&digits).into_owned(),
+                    arrival_ms: r.arrival_ms,
+                    partition_key: r.partition_key,
+                    data: bytes::Bytes::from(r.data),
+                }
+            })
+            .collect();
+        Ok(LocalRecords {
+            records,
+            next_iterator: got.next_iterator,
+            millis_behind: got.millis_behind,
+            child_shards: got.child_ids,
+            tip: got.tip,
+        })
+    }
+
+    /// A watch of one shard's next ordinal, which moves with every commit to it: a reader at
+    /// the tip waits on it instead of polling.
+    pub fn watch_shard(&self, stream: &str, shard: &str) -> Result<tokio::sync::watch::Receiver<u64>, ApiError> {
+        let index = sluice_core::ShardId::parse(shard)
+            .ok_or_else(|| ApiError::invalid_argument(format!("{shard:?} is not a shard id")))?;
+        let tag = {
+            let cat = self.state.store.catalog();
+            match cat.streams.get(stream) {
+                Some(meta) => meta.tag,
+                None => return Err(self.state.stream_not_found(stream)),
+            }
+        };
+        Ok(self.state.store.watch(stream, tag, index.0)?)
     }
 
     /// PutRecords into `stream`; one outcome per entry, in order. Durable when it returns.

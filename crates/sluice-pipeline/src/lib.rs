@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod embedded;
+pub mod embedded_reader;
 pub mod registry;
 pub mod runtime;
 pub mod spool;
@@ -61,7 +62,8 @@ fn durability(s: &str) -> Durability {
 /// Checks a file completely (syntax, graph, every component's options) without running it.
 pub fn validate(cfg: &PipelineConfig) -> Result<(), ConfigError> {
     for c in &cfg.sources {
-        registry::build_source(cfg, c, Some("http://127.0.0.1:4567"))?;
+        let placeholder = registry::Embedded { url: "http://127.0.0.1:4567".into(), api: None };
+        registry::build_source(cfg, c, Some(&placeholder))?;
     }
     let probe = tempdir_like(&cfg.data_dir);
     for c in &cfg.sinks {
@@ -119,7 +121,7 @@ impl Pipeline {
             .map(|(s, _)| registry::Embedded { url: format!("http://{}", s.local_addr), api: Some(s.local()) });
         let mut sources = Vec::new();
         for c in &cfg.sources {
-            sources.push((c.name.clone(), registry::build_source(&cfg, c, reach.as_ref().map(|e| e.url.as_str()))?));
+            sources.push((c.name.clone(), registry::build_source(&cfg, c, reach.as_ref())?));
         }
         let mut sinks = Vec::new();
         for c in &cfg.sinks {

@@ -10,6 +10,8 @@ use sluice_sinks::kinesis::KinesisBackend;
 
 use crate::config::{ComponentConfig, ConfigError, PipelineConfig};
 use crate::embedded::EmbeddedStream;
+use crate::embedded_reader::EmbeddedReader;
+use sluice_sources::kinesis::backend::StreamBackend;
 
 /// Turns a component's build error into a located config error; `track` holds the path of the
 /// field serde was reading when it failed.
@@ -36,11 +38,11 @@ fn backticked(message: &str) -> Option<String> {
 }
 
 /// Builds a source from its table; a `kinesis` source without `endpoint` reads the embedded
-/// stream at `embedded_url`.
+/// stream (in-process when `embedded` has its API, else over HTTP at its URL).
 pub fn build_source(
     cfg: &PipelineConfig,
     c: &ComponentConfig,
-    embedded_url: Option<&str>,
+    embedded: Option<&Embedded>,
 ) -> Result<Box<dyn Source>, ConfigError> {
     if !sluice_sources::KINDS.contains(&c.kind.as_str()) {
         return Err(cfg.error_at(
@@ -51,12 +53,20 @@ pub fn build_source(
         ));
     }
     let mut options = c.options.clone();
+    let mut local = None;
     if wants_embedded(c)
-        && let Some(url) = embedded_url
+        && let Some(embedded) = embedded
     {
-        options.insert("endpoint".into(), toml::Value::String(url.to_owned()));
+        options.insert("endpoint".into(), toml::Value::String(embedded.url.clone()));
+        if let (Some(api), Some(stream)) = (&embedded.api, c.options.get("stream_name").and_then(|v| v.as_str())) {
+            local = Some(Arc::new(EmbeddedReader::new(api.clone(), stream)) as Arc<dyn StreamBackend>);
+        }
     }
-    sluice_sources::build_from(&c.name, &c.kind, &options).map_err(|e| {
+    let built = match local {
+        Some(backend) => sluice_sources::build_kinesis_in_process(&c.name, &options, backend),
+        None => sluice_sources::build_from(&c.name, &c.kind, &options),
+    };
+    built.map_err(|e| {
         let first_line = e.message.lines().next().unwrap_or("").trim().to_owned();
         cfg.error_at(c, "sources", e.field.as_deref(), first_line)
     })

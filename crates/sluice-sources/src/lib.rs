@@ -45,6 +45,23 @@ pub struct OptionError {
     pub message: String,
 }
 
+/// Builds a `kinesis` source that polls the embedded stream of this process through `backend`
+/// (no HTTP, no base64; it waits for commits at the tip instead of sleeping).
+pub fn build_kinesis_in_process(
+    name: &str,
+    options: &toml::Table,
+    backend: std::sync::Arc<dyn kinesis::backend::StreamBackend>,
+) -> Result<Box<dyn sluice_flow::Source>, OptionError> {
+    kinesis::source::build_in_process(name, parse(options.clone())?, backend).map_err(option_error)
+}
+
+fn option_error(e: sluice_flow::FlowError) -> OptionError {
+    let message = match e {
+        sluice_flow::FlowError::Config { message, .. } | sluice_flow::FlowError::Fatal { message, .. } => message,
+    };
+    OptionError { field: backticked(&message), message }
+}
+
 /// Builds a source of kind `kind` (one of [`KINDS`]) from its options (the table without
 /// `type`). The options every kind takes ([`CommonConfig`], keys in [`config::COMMON_FIELDS`])
 /// and the kind's own are each checked strictly: unknown keys and bad values are errors
@@ -52,14 +69,7 @@ pub struct OptionError {
 pub fn build_from(name: &str, kind: &str, options: &toml::Table) -> Result<Box<dyn sluice_flow::Source>, OptionError> {
     if kind == "kinesis" {
         // A consumer of a stream: none of the connection options apply.
-        return kinesis::source::build(name, parse(options.clone())?).map_err(|e| {
-            let message = match e {
-                sluice_flow::FlowError::Config { message, .. } | sluice_flow::FlowError::Fatal { message, .. } => {
-                    message
-                }
-            };
-            OptionError { field: backticked(&message), message }
-        });
+        return kinesis::source::build(name, parse(options.clone())?).map_err(option_error);
     }
     let (common, own): (toml::Table, toml::Table) =
         options.clone().into_iter().partition(|(k, _)| config::COMMON_FIELDS.contains(&k.as_str()));

@@ -623,13 +623,86 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
     check.range(limit, "limit", 1, MAX_GET_RECORDS);
     let _arn = f.str("StreamARN")?;
     check.finish()?;
-    let iter = match ShardIterator::decode(token.unwrap_or_default(), &st.secret, ctx.now_ms) {
+    let got = read_records(st, ctx, token.unwrap_or_default(), limit.unwrap_or(MAX_GET_RECORDS) as usize)?;
+    let encrypted = got.encrypted.then_some("KMS");
+    if ctx.format == Format::Json {
+        let bytes: usize = got.records.iter().map(|r| r.data.len() + r.partition_key.len()).sum();
+        let mut out = Vec::with_capacity(64 + bytes * 4 / 3 + got.records.len() * 140);
+        out.extend_from_slice(b"{\"Records\":[");
+        let mut seqs = sluice_core::seq::SequenceWriter::new(got.tag, got.shard);
+        for (i, r) in got.records.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"SequenceNumber\":\"");
+            seqs.write(r.ordinal, r.arrival_ms, &mut out);
+            out.extend_from_slice(b"\",\"ApproximateArrivalTimestamp\":");
+            write_json_timestamp(r.arrival_ms, &mut out);
+            out.extend_from_slice(b",\"Data\":");
+            write_json_blob(&r.data, &mut out);
+            out.extend_from_slice(b",\"PartitionKey\":");
+            write_json_str(&r.partition_key, &mut out);
+            if encrypted.is_some() {
+                out.extend_from_slice(b",\"EncryptionType\":\"KMS\"");
+            }
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"]");
+        if let Some(n) = &got.next_iterator {
+            out.extend_from_slice(b",\"NextShardIterator\":");
+            write_json_str(n, &mut out);
+        }
+        out.extend_from_slice(b",\"MillisBehindLatest\":");
+        out.extend_from_slice(got.millis_behind.to_string().as_bytes());
+        if let Some(children) = &got.child_shards {
+            out.extend_from_slice(b",\"ChildShards\":");
+            out.extend_from_slice(&children.encode(Format::Json));
+        }
+        out.push(b'}');
+        return Ok(Out::RawJson(out));
+    }
+    let (tag, shard) = (got.tag, got.shard);
+    let records: Vec<Out> = got.records.into_iter().map(|r| super::record_out(tag, shard, r, encrypted)).collect();
+    Ok(obj![
+        ("Records", Out::List(records)),
+        ("NextShardIterator", got.next_iterator),
+        ("MillisBehindLatest", got.millis_behind),
+        ("ChildShards", got.child_shards.unwrap_or(Out::Null)),
+    ])
+}
+
+/// What one GetRecords read found, before it is encoded (for a response, or handed on
+/// in-process by [`crate::LocalApi::get_records`]).
+pub struct RecordsRead {
+    /// The stream's tag (part of every sequence number).
+    pub tag: u32,
+    /// The shard's index.
+    pub shard: u32,
+    /// The records, in shard order.
+    pub records: Vec<sluice_storage::StoredRecord>,
+    /// Where to read on; `None` at the end of a closed shard.
+    pub next_iterator: Option<String>,
+    /// `MillisBehindLatest`.
+    pub millis_behind: i64,
+    /// At the end of a closed shard: `ChildShards`.
+    pub child_shards: Option<Out>,
+    /// The child shard ids (with `child_shards`).
+    pub child_ids: Vec<String>,
+    /// Whether the stream is encrypted (records report `EncryptionType`).
+    pub encrypted: bool,
+    /// One past the shard's newest ordinal when it was read.
+    pub tip: u64,
+}
+
+/// GetRecords after its request was validated: decodes the iterator, applies the read limits
+/// and reads up to `limit` records.
+pub fn read_records(st: &AppState, ctx: &Ctx, token: &str, limit: usize) -> Result<RecordsRead, ApiError> {
+    let iter = match ShardIterator::decode(token, &st.secret, ctx.now_ms) {
         Ok(i) => i,
         Err(IteratorError::Invalid) => return Err(ApiError::invalid_argument("Invalid ShardIterator.")),
         Err(IteratorError::Expired) => {
             // Decode again ignoring expiry to report when it was issued.
-            let issued =
-                ShardIterator::decode(token.unwrap_or_default(), &st.secret, 0).map(|i| i.issued_ms).unwrap_or(0);
+            let issued = ShardIterator::decode(token, &st.secret, 0).map(|i| i.issued_ms).unwrap_or(0);
             return Err(ApiError::expired_iterator(format!(
                 "Iterator expired. The iterator was created at time {} while right now it is {} which is further in the future than the tolerated delay of 300000 milliseconds.",
                 java_date(issued),
@@ -657,14 +730,7 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         return Err(ApiError::throughput(throttled_message(st, &meta.name, shard.index)));
     }
     let max_bytes = MAX_GET_BYTES.min(st.limits.read_budget(key));
-    let batch = st.store.read(
-        &meta.name,
-        meta.tag,
-        shard.index,
-        iter.position,
-        limit.unwrap_or(MAX_GET_RECORDS) as usize,
-        max_bytes,
-    )?;
+    let batch = st.store.read(&meta.name, meta.tag, shard.index, iter.position, limit, max_bytes)?;
     let bytes: usize = batch.records.iter().map(|r| r.data.len() + r.partition_key.len()).sum();
     st.limits.charge_read_bytes(key, bytes);
     counter!("sluice_records_out_total", "stream" => meta.name.clone()).increment(batch.records.len() as u64);
@@ -673,8 +739,7 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
     let millis_behind =
         if caught_up { 0 } else { batch.records.last().map_or(0, |r| ctx.now_ms.saturating_sub(r.arrival_ms)) as i64 };
     let at_end = caught_up && shard.closed_ms.is_some();
-    let encrypted = meta.encryption_key.is_some().then_some("KMS");
-    let next = (!at_end).then(|| {
+    let next_iterator = (!at_end).then(|| {
         ShardIterator {
             stream: meta.name.clone(),
             stream_tag: meta.tag,
@@ -684,49 +749,26 @@ pub async fn get_records(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<
         }
         .encode(&st.secret)
     });
-    if ctx.format == Format::Json {
-        let mut out = Vec::with_capacity(64 + bytes * 4 / 3 + batch.records.len() * 140);
-        out.extend_from_slice(b"{\"Records\":[");
-        let mut seqs = sluice_core::seq::SequenceWriter::new(meta.tag, shard.index);
-        for (i, r) in batch.records.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"SequenceNumber\":\"");
-            seqs.write(r.ordinal, r.arrival_ms, &mut out);
-            out.extend_from_slice(b"\",\"ApproximateArrivalTimestamp\":");
-            write_json_timestamp(r.arrival_ms, &mut out);
-            out.extend_from_slice(b",\"Data\":");
-            write_json_blob(&r.data, &mut out);
-            out.extend_from_slice(b",\"PartitionKey\":");
-            write_json_str(&r.partition_key, &mut out);
-            if encrypted.is_some() {
-                out.extend_from_slice(b",\"EncryptionType\":\"KMS\"");
-            }
-            out.push(b'}');
-        }
-        out.extend_from_slice(b"]");
-        if let Some(n) = &next {
-            out.extend_from_slice(b",\"NextShardIterator\":");
-            write_json_str(n, &mut out);
-        }
-        out.extend_from_slice(b",\"MillisBehindLatest\":");
-        out.extend_from_slice(millis_behind.to_string().as_bytes());
-        if at_end {
-            out.extend_from_slice(b",\"ChildShards\":");
-            out.extend_from_slice(&child_shards_out(meta, shard.index).encode(Format::Json));
-        }
-        out.push(b'}');
-        return Ok(Out::RawJson(out));
-    }
-    let records: Vec<Out> =
-        batch.records.into_iter().map(|r| super::record_out(meta.tag, shard.index, r, encrypted)).collect();
-    Ok(obj![
-        ("Records", Out::List(records)),
-        ("NextShardIterator", next),
-        ("MillisBehindLatest", millis_behind),
-        ("ChildShards", if at_end { child_shards_out(meta, shard.index) } else { Out::Null }),
-    ])
+    let child_ids = if at_end {
+        meta.shards
+            .iter()
+            .filter(|s| s.parent == Some(shard.index) || s.adjacent_parent == Some(shard.index))
+            .map(|s| ShardId(s.index).to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(RecordsRead {
+        tag: meta.tag,
+        shard: shard.index,
+        records: batch.records,
+        next_iterator,
+        millis_behind,
+        child_shards: at_end.then(|| child_shards_out(meta, shard.index)),
+        child_ids,
+        encrypted: meta.encryption_key.is_some(),
+        tip: batch.tip.next_ordinal,
+    })
 }
 
 #[cfg(test)]

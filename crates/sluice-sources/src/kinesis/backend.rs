@@ -145,6 +145,12 @@ pub trait StreamBackend: Send + Sync + 'static {
     fn shard_iterator<'a>(&'a self, shard: &'a str, at: &'a Position) -> ReadFuture<'a, String>;
     /// GetRecords.
     fn get_records<'a>(&'a self, iterator: &'a str, limit: u32) -> ReadFuture<'a, Page>;
+    /// Waits at the tip of `shard` after a read found nothing new: at most `max` (the default
+    /// just sleeps; the in-process embedded stream wakes as soon as a record is committed).
+    fn idle<'a>(&'a self, shard: &'a str, max: std::time::Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = shard;
+        Box::pin(tokio::time::sleep(max))
+    }
     /// The stream's ARN (DescribeStreamSummary), which records carry to the sinks.
     fn stream_arn(&self) -> ReadFuture<'_, String> {
         Box::pin(async { Err(ReadError::Unsupported("DescribeStreamSummary is not supported by this backend".into())) })

@@ -267,8 +267,10 @@ pub async fn read_shard(
                 }
                 if empty && page.records.is_empty() {
                     send(&out, ShardItem::CaughtUp).await?;
-                    if pause(settings.idle_between_reads, &mut stop).await {
-                        return Err(ReaderStop::Stopped);
+                    let mut stopping = stop.clone();
+                    tokio::select! {
+                        () = backend.idle(shard, settings.idle_between_reads) => {}
+                        _ = stopping.wait_for(|s| *s) => return Err(ReaderStop::Stopped),
                     }
                 }
             }

@@ -186,6 +186,10 @@ fn origin_of(stream: &str, stream_arn: Option<&str>, r: &ShardRecord) -> Origin 
 
 /// Builds a `kinesis` source.
 pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, FlowError> {
+    Ok(Box::new(checked(name, cfg)?))
+}
+
+fn checked(name: &str, cfg: KinesisSourceConfig) -> Result<KinesisSource, FlowError> {
     let bad = |message: String| FlowError::Config { component: name.to_owned(), message };
     let mut cfg = cfg;
     match (cfg.stream_name.is_empty(), cfg.stream_arn.as_deref()) {
@@ -259,7 +263,20 @@ pub fn build(name: &str, cfg: KinesisSourceConfig) -> Result<Box<dyn Source>, Fl
             return Err(bad(format!("`{field}` = {u:?} is neither \"aws\" nor a URL")));
         }
     }
-    Ok(Box::new(KinesisSource { name: name.to_owned(), cfg, initial, at_ms }))
+    Ok(KinesisSource { name: name.to_owned(), cfg, initial, at_ms, in_process: None })
+}
+
+/// Builds a `kinesis` source that polls through `backend` (the embedded stream in this
+/// process) instead of the SDK; `read = "fanout"` still subscribes through the SDK at
+/// `endpoint`.
+pub fn build_in_process(
+    name: &str,
+    cfg: KinesisSourceConfig,
+    backend: Arc<dyn StreamBackend>,
+) -> Result<Box<dyn Source>, FlowError> {
+    let mut source = checked(name, cfg)?;
+    source.in_process = Some(backend);
+    Ok(Box::new(source))
 }
 
 struct KinesisSource {
@@ -267,6 +284,8 @@ struct KinesisSource {
     cfg: KinesisSourceConfig,
     initial: InitialPosition,
     at_ms: Option<u64>,
+    /// The embedded stream in this process, read without HTTP (polling only).
+    in_process: Option<Arc<dyn StreamBackend>>,
 }
 
 /// Which positions the events sent so far reached, per shard, in send order.
@@ -381,7 +400,10 @@ impl KinesisSource {
         let mut shutdown = ctx.shutdown.clone();
         let opts =
             SdkOptions { endpoint: cfg.endpoint.clone(), region: cfg.region.clone(), timeout: Duration::from_secs(10) };
-        let backend: Arc<dyn StreamBackend> = Arc::new(SdkStream::connect(&cfg.stream_name, &opts).await);
+        let backend: Arc<dyn StreamBackend> = match self.in_process.clone() {
+            Some(local) if cfg.read == "polling" => local,
+            _ => Arc::new(SdkStream::connect(&cfg.stream_name, &opts).await),
+        };
         let mut dynamo =
             DynamoConfig::new(cfg.leases_endpoint.clone().unwrap_or_else(|| cfg.endpoint.clone()), &cfg.application);
         dynamo.region = cfg.region.clone();
