@@ -412,8 +412,9 @@ def main():
     p.add_argument("--sluice-seconds", type=float, default=300, help="cap on the sluice consumer")
     p.add_argument("--rate", type=int, default=10_000, help="records/s for the latency run")
     p.add_argument("--latency-seconds", type=float, default=10)
-    p.add_argument("--latency-idle", default="",
-                   help="comma-separated idle_between_reads values for extra latency runs (the default always runs)")
+    p.add_argument("--latency-idle", default="10ms",
+                   help="comma-separated idle_between_reads values for extra latency runs after the one with "
+                        "the default (250ms); '' for none")
     p.add_argument("--source-extra", default="", help="extra TOML lines for the throughput run's kinesis source")
     p.add_argument("--skip", default="", help="comma-separated: sluice, boto3, latency")
     # child mode: the boto3 consumer
