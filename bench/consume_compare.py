@@ -82,6 +82,11 @@ def write(path, text):
         f.write(text)
 
 
+def endpoint_line(endpoint):
+    """`endpoint = ...`, or nothing for the pipeline's own embedded stream."""
+    return f'endpoint = "{endpoint}"' if endpoint else ""
+
+
 def producer_toml(data_dir, ws_url, endpoint, stream, shards):
     return f"""
 data_dir = "{data_dir}"
@@ -95,7 +100,7 @@ url = "{ws_url}"
 [sinks.stream]
 type = "kinesis"
 inputs = ["feed"]
-endpoint = "{endpoint}"
+{endpoint_line(endpoint)}
 stream_name = "{stream}"
 partition_key = "/racer"
 shards = {shards}
@@ -115,7 +120,7 @@ listen = "127.0.0.1:0"
 [sources.in]
 type = "kinesis"
 stream_name = "{stream}"
-endpoint = "{endpoint}"
+{endpoint_line(endpoint)}
 application = "{application}"
 starting_position = "{position}"
 read = "polling"
@@ -133,9 +138,10 @@ def create_stream(endpoint, stream, shards):
     client.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
 
 
-def produce(sluice, endpoint, stream, shards, count, work, rate=None, limit=600):
+def produce(sluice, endpoint, stream, shards, count, work, rate=None, limit=600, data_dir=None):
     """`sluice simulate` (fast, or at `rate`) -> producer pipeline -> the stream, until `count`
-    records are delivered; returns the seconds it took (from launching the pipeline)."""
+    records are delivered; returns the seconds it took (from launching the pipeline). With no
+    `endpoint` the stream is the producer's embedded one, kept in `data_dir`."""
     d = tempfile.mkdtemp(dir=work, prefix="produce.")
     sim = proc = None
     try:
@@ -145,7 +151,7 @@ def produce(sluice, endpoint, stream, shards, count, work, rate=None, limit=600)
         # ?after=0: events emitted before the pipeline connects are replayed, so all `count` arrive
         ws = sm.group(1).replace("http://", "ws://") + "/ws?after=0"
         cfg = os.path.join(d, "produce.toml")
-        write(cfg, producer_toml(os.path.join(d, "data"), ws, endpoint, stream, shards))
+        write(cfg, producer_toml(data_dir or os.path.join(d, "data"), ws, endpoint, stream, shards))
         t0 = time.monotonic()
         proc, m = start([sluice, "run", cfg, "--status-secs", "0"], r"metrics on (http://\S+)")
         health = m.group(1) + "/health"
@@ -197,16 +203,18 @@ def check_files(out_dir, count):
     return lines, sum(seen), dups, bad
 
 
-def run_sluice(args, endpoint, serve_pid, stream, count, work, tag):
-    """The kinesis source -> file sink until `count` are delivered. Returns a result dict."""
+def run_sluice(args, endpoint, serve_pid, stream, count, work, tag, data_dir=None):
+    """The kinesis source -> file sink until `count` are delivered. Returns a result dict. With
+    no `endpoint` (and no serve) it reads its own embedded stream in `data_dir`, in-process."""
     d = tempfile.mkdtemp(dir=work, prefix="sluice.")
     out_dir = os.path.join(d, "out")
     cfg = os.path.join(d, "consume.toml")
-    write(cfg, consumer_toml(os.path.join(d, "data"), endpoint, stream, f"bench-{tag}-{os.getpid()}",
+    write(cfg, consumer_toml(data_dir or os.path.join(d, "data"), endpoint, stream, f"bench-{tag}-{os.getpid()}",
                              "trim_horizon", out_dir, args.source_extra))
     proc = None
+    cpu_of_serve = (lambda: cpu_seconds(serve_pid)) if serve_pid else (lambda: 0.0)
     try:
-        serve_cpu0 = cpu_seconds(serve_pid)
+        serve_cpu0 = cpu_of_serve()
         t0 = time.monotonic()
         proc, m = start([args.sluice, "run", cfg, "--status-secs", "0"], r"metrics on (http://\S+)")
         health = m.group(1) + "/health"
@@ -221,7 +229,7 @@ def run_sluice(args, endpoint, serve_pid, stream, count, work, tag):
                 first = time.monotonic() - t0
         elapsed = time.monotonic() - t0
         cpu = cpu_seconds(proc.pid)
-        serve_cpu = cpu_seconds(serve_pid) - serve_cpu0
+        serve_cpu = cpu_of_serve() - serve_cpu0
         read = metric_sum(m.group(1) + "/metrics", "sluice_kinesis_records_read_total")
         stop(proc)  # graceful: the .part file is renamed, checkpoints written
         lines, distinct, dups, bad = check_files(out_dir, count)
@@ -416,7 +424,7 @@ def main():
                    help="comma-separated idle_between_reads values for extra latency runs after the one with "
                         "the default (250ms); '' for none")
     p.add_argument("--source-extra", default="", help="extra TOML lines for the throughput run's kinesis source")
-    p.add_argument("--skip", default="", help="comma-separated: sluice, boto3, latency")
+    p.add_argument("--skip", default="", help="comma-separated: sluice, boto3, embedded, latency")
     # child mode: the boto3 consumer
     p.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -450,6 +458,14 @@ def main():
                 results["boto3 GetRecords, thread per shard -> file"] = r = run_peer(
                     args, endpoint, serve.pid, stream, args.records, work)
                 print(f"# {shards} shards, boto3: {r}", file=sys.stderr)
+            if "embedded" not in skip:
+                # The same records in a pipeline's own embedded stream, read in-process.
+                data_dir = os.path.join(work, "embedded-data")
+                efill = produce(args.sluice, None, stream, shards, args.records, work, data_dir=data_dir)
+                print(f"# {shards} shards: filled the embedded stream in {efill:.1f}s", file=sys.stderr)
+                results["sluice run (embedded stream, in-process) -> file sink"] = r = run_sluice(
+                    args, None, None, stream, args.records, work, f"{shards}-embedded", data_dir=data_dir)
+                print(f"# {shards} shards, sluice embedded: {r}", file=sys.stderr)
             for name, r in results.items():
                 rows.append((shards, name, r))
             if "latency" not in skip:
