@@ -139,8 +139,9 @@ const TAG: u32 = 1;
 const KEY_MARK: char = '\0';
 
 /// Marks a key that also carries the event's [`Origin`]:
-/// `\x01<received_ms>\0<origin as JSON>\0<cursor>` (JSON escapes every control character, so
-/// the first NUL after it ends it).
+/// `\x01<received_ms>\0<L>\0<origin: L bytes><cursor>`, the origin's fields each written as
+/// `<byte length>:<text>` in a fixed order (any text fits, and a damaged origin still lets the
+/// cursor after it be found).
 const ORIGIN_MARK: char = '\u{1}';
 
 /// What a spool record's key field holds.
@@ -157,11 +158,59 @@ pub struct Key<'a> {
 /// The key field of a spool record: when the source received the event, its cursor and its
 /// origin.
 pub fn encode_key(received_ms: u64, cursor: Option<&str>, origin: Option<&Origin>) -> String {
+    use std::fmt::Write;
     let cursor = cursor.unwrap_or("");
-    match origin.and_then(|o| serde_json::to_string(o).ok()) {
-        Some(json) => format!("{ORIGIN_MARK}{received_ms}{KEY_MARK}{json}{KEY_MARK}{cursor}"),
-        None => format!("{KEY_MARK}{received_ms}{KEY_MARK}{cursor}"),
+    let Some(o) = origin else { return format!("{KEY_MARK}{received_ms}{KEY_MARK}{cursor}") };
+    let mut fields =
+        String::with_capacity(64 + o.stream.len() + o.shard_id.len() + o.sequence_number.len() + o.partition_key.len());
+    let sub = o.sub_sequence_number.to_string();
+    let arrival = o.arrival_ms.to_string();
+    for field in [
+        o.stream.as_str(),
+        o.stream_arn.as_deref().unwrap_or(""),
+        o.shard_id.as_str(),
+        o.sequence_number.as_str(),
+        sub.as_str(),
+        if o.aggregated { "1" } else { "0" },
+        o.partition_key.as_str(),
+        o.explicit_hash_key.as_deref().unwrap_or(""),
+        arrival.as_str(),
+    ] {
+        let _ = write!(fields, "{}:{field}", field.len());
     }
+    format!("{ORIGIN_MARK}{received_ms}{KEY_MARK}{}{KEY_MARK}{fields}{cursor}", fields.len())
+}
+
+/// Reads the origin's fields written by [`encode_key`].
+fn decode_origin(mut text: &str) -> Option<Origin> {
+    let mut next = || -> Option<&str> {
+        let (len, rest) = text.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let field = rest.get(..len)?;
+        text = rest.get(len..)?;
+        Some(field)
+    };
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let stream = next()?.to_owned();
+    let stream_arn = some(next()?);
+    let shard_id = next()?.to_owned();
+    let sequence_number = next()?.to_owned();
+    let sub_sequence_number = next()?.parse().ok()?;
+    let aggregated = next()? == "1";
+    let partition_key = next()?.to_owned();
+    let explicit_hash_key = some(next()?);
+    let arrival_ms = next()?.parse().ok()?;
+    Some(Origin {
+        stream,
+        stream_arn,
+        shard_id,
+        sequence_number,
+        sub_sequence_number,
+        aggregated,
+        partition_key,
+        explicit_hash_key,
+        arrival_ms,
+    })
 }
 
 /// Reads a key written by [`encode_key`] or by an earlier version (the bare cursor). A
@@ -173,16 +222,15 @@ pub fn decode_key(key: &str) -> Key<'_> {
     if let Some(rest) = key.strip_prefix(ORIGIN_MARK)
         && let Some((ms, rest)) = rest.split_once(KEY_MARK)
         && let Some(ms) = ms_of(ms)
-        && let Some((json, cursor)) = rest.split_once(KEY_MARK)
+        && let Some((len, rest)) = rest.split_once(KEY_MARK)
+        && let Ok(len) = len.parse::<usize>()
+        && let (Some(fields), Some(cursor)) = (rest.get(..len), rest.get(len..))
     {
-        let origin = match serde_json::from_str::<Origin>(json) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                metrics::counter!("sluice_pipeline_spool_origin_unreadable_total").increment(1);
-                tracing::warn!(error = %e, "a spooled record's origin does not parse; delivered without it");
-                None
-            }
-        };
+        let origin = decode_origin(fields);
+        if origin.is_none() {
+            metrics::counter!("sluice_pipeline_spool_origin_unreadable_total").increment(1);
+            tracing::warn!("a spooled record's origin does not parse; delivered without it");
+        }
         return Key {
             received_ms: Some(ms).filter(|&ms| ms > 0),
             cursor: Some(cursor).filter(|c| !c.is_empty()),
@@ -728,7 +776,7 @@ mod tests {
         assert_eq!(k.cursor, Some("shardId-000000000003:4965:4\0x"));
         assert_eq!(k.origin.as_ref(), Some(&origin));
         // A damaged origin costs the metadata, not the record or its cursor.
-        let k = decode_key("\u{1}12\0{not json\0c-9");
+        let k = decode_key("\u{1}12\u{0}5\u{0}x:abcc-9");
         assert_eq!((k.received_ms, k.cursor, k.origin), (Some(12), Some("c-9"), None));
     }
 

@@ -2,44 +2,29 @@
 //! in-process on a free loopback port and reached over HTTP through the AWS SDK (RegisterStreamConsumer,
 //! DescribeStreamConsumer, SubscribeToShard), as `sluice serve` would be.
 
+mod kinesis_env;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use sluice_kinesis_api::{ApiConfig, Server};
+use sluice_kinesis_api::ApiConfig;
 use sluice_sources::kinesis::backend::{
     Consumer, Page, PageStream, Position, ReadError, ReadFuture, ShardDesc, StreamBackend,
 };
 use sluice_sources::kinesis::fanout::{ensure_consumer, subscribe_shard};
 use sluice_sources::kinesis::reader::{Checkpoint, ReaderSettings, ReaderStop, ShardItem, ShardRecord, read_shard};
 use sluice_sources::kinesis::sdk::{SdkOptions, SdkStream};
-use sluice_storage::{Store, StoreConfig};
 use tokio::sync::{mpsc, watch};
+
+use kinesis_env::Env;
 
 const SHARD0: &str = "shardId-000000000000";
 
-struct Env {
-    _dir: tempfile::TempDir,
-    _server: Server,
-    url: String,
-    client: aws_sdk_kinesis::Client,
-}
-
 async fn start(config: ApiConfig) -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(StoreConfig::new(dir.path())).expect("store");
-    let server = Server::start(store, config, "127.0.0.1:0".parse().expect("addr"), None).await.expect("server");
-    let url = format!("http://{}", server.local_addr);
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(&url)
-        .build();
-    Env { _dir: dir, _server: server, url, client: aws_sdk_kinesis::Client::from_conf(conf) }
+    kinesis_env::start(config, false).await
 }
 
 async fn create(env: &Env, name: &str, shards: i32) {

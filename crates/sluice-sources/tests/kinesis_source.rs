@@ -4,46 +4,22 @@
 //! graceful stop checkpoints what was spooled and releases the leases, and a restarted worker
 //! reads only what came after.
 
+mod kinesis_env;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use sluice_flow::{Alarms, DeadLetters, Event, SourceContext};
-use sluice_kinesis_api::{ApiConfig, Server};
-use sluice_storage::{Store, StoreConfig};
+use sluice_kinesis_api::ApiConfig;
 use tokio::sync::{mpsc, watch};
 
-struct Env {
-    dir: tempfile::TempDir,
-    _server: Server,
-    url: String,
-    client: aws_sdk_kinesis::Client,
-}
+use kinesis_env::Env;
 
 async fn start() -> Env {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(StoreConfig::new(dir.path().join("stream"))).expect("store");
-    let db = sluice_dynamodb::Db::open(sluice_dynamodb::DbConfig::new(dir.path().join("dynamodb"))).expect("db");
-    let server = Server::start_with_dynamodb(
-        store,
-        ApiConfig::default(),
-        "127.0.0.1:0".parse().expect("addr"),
-        None,
-        Some(Arc::new(db)),
-    )
-    .await
-    .expect("server");
-    let url = format!("http://{}", server.local_addr);
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
-        .endpoint_url(&url)
-        .build();
-    Env { dir, _server: server, url, client: aws_sdk_kinesis::Client::from_conf(conf) }
+    kinesis_env::start(ApiConfig::default(), true).await
 }
 
 async fn put(env: &Env, from: usize, to: usize) {

@@ -732,27 +732,28 @@ async fn read_one(shared: Arc<Shared>, shard: String, from: LeaseCheckpoint, mut
                 });
                 let stream = shared.backend.stream_name().to_owned();
                 let mut ledger = shared.ledger.lock().await;
-                let mut last = None;
+                // The position after the batch (a record dead-lettered below is done too).
+                let last = records.last().map(|r| LeaseCheckpoint::Sequence {
+                    sequence: r.sequence_number.to_string(),
+                    sub: r.sub_sequence_number,
+                });
+                let received_ms = sluice_flow::now_ms();
                 for mut r in records {
-                    let cursor = format!("{}:{}:{}", r.shard_id, r.sequence_number, r.sub_sequence_number);
-                    last = Some(LeaseCheckpoint::Sequence {
-                        sequence: r.sequence_number.to_string(),
-                        sub: r.sub_sequence_number,
-                    });
                     if shared.decompress {
                         match decompress(r.data.clone()) {
                             Ok(data) => r.data = data,
                             Err(e) => {
                                 // Kept whole in the dead letters; reading goes on past it.
-                                let detail = format!("{cursor}: {e}");
+                                let detail =
+                                    format!("{}:{}:{}: {e}", r.shard_id, r.sequence_number, r.sub_sequence_number);
                                 shared.dead_letters.write("decompress_failed", &detail, &r.data);
                                 continue;
                             }
                         }
                     }
+                    // No cursor: where each shard got to is in its lease and in the origin.
                     let origin = Some(Arc::new(origin_of(&stream, shared.stream_arn.as_deref(), &r)));
-                    let event =
-                        Event { payload: r.data, cursor: Some(cursor), received_ms: sluice_flow::now_ms(), origin };
+                    let event = Event { payload: r.data, cursor: None, received_ms, origin };
                     if shared.events.send(event).await.is_err() {
                         return;
                     }
