@@ -29,6 +29,7 @@ Prints a markdown table and the latency lines. Run (after `cargo build --release
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -411,6 +412,61 @@ def run_latency(args, endpoint, stream, shards, work, extra, tag):
                 send_p50=percentile(from_send, 0.5), send_p99=percentile(from_send, 0.99))
 
 
+def run_latency_embedded(args, shards, work):
+    """One pipeline, the default deployment: a provider at args.rate -> kinesis sink into its
+    embedded stream, and a `latest` kinesis source reading that stream in-process -> file sink.
+    Latency as in run_latency (seen in file - ApproximateArrivalTimestamp)."""
+    count = int(args.rate * args.latency_seconds)
+    d = tempfile.mkdtemp(dir=work, prefix="latency-embedded.")
+    out_dir = os.path.join(d, "out")
+    cfg = os.path.join(d, "pipeline.toml")
+    sim = proc = tailer = None
+    stream = f"latency-embedded-{shards}"
+    try:
+        sim, sm = start([args.sluice, "simulate", "--listen", "127.0.0.1:0", "--rate", str(args.rate),
+                         "--count", str(count)], r"serving on (http://\S+)")
+        ws = sm.group(1).replace("http://", "ws://") + "/ws?after=0"
+        produce_text = producer_toml(os.path.join(d, "data"), ws, None, stream, shards)
+        consume_text = consumer_toml(os.path.join(d, "data"), None, stream, "lat-embedded", "latest", out_dir)
+        # One file: the producer's, plus the consumer's source and sink tables.
+        write(cfg, produce_text + "\n" + consume_text[consume_text.index("[sources.in]"):])
+        tailer = Tailer(out_dir)
+        proc, m = start([args.sluice, "run", cfg, "--status-secs", "0"], r"metrics on (http://\S+)")
+        health = m.group(1) + "/health"
+        embedded = None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.latency_seconds + 60:
+            if embedded is None:
+                embedded = next((re.search(r"embedded stream on (http://\S+)", line).group(1)
+                                 for line in proc.lines if "embedded stream on" in line), None)
+            if delivered(health, "stream") >= count and time.monotonic() - t0 > args.latency_seconds:
+                break
+            time.sleep(0.1)
+        time.sleep(1)
+        tailer.close()
+        seen = tailer.seen
+        tailer = None
+        arrivals, ts = {}, {}
+        for arrival, data in read_stream(kinesis(embedded), stream):
+            event = json.loads(data)
+            arrivals[event["seq"]] = arrival
+            ts[event["seq"]] = event["ts"]
+    finally:
+        if tailer:
+            tailer.close()
+        stop(proc)
+        stop(sim)
+        shutil.rmtree(d, ignore_errors=True)
+    first_ts = min(ts.values(), default=0)
+    steady = [q for q in ts if q in seen and ts[q] >= first_ts + WARM_UP_MS]
+    from_arrival = [seen[q] - arrivals[q] for q in steady]
+    from_send = [seen[q] - ts[q] for q in steady]
+    return dict(count=count, in_stream=len(arrivals), in_files=len(seen), matched=len(from_arrival),
+                p50=percentile(from_arrival, 0.5), p99=percentile(from_arrival, 0.99),
+                max=max(from_arrival, default=float("nan")),
+                send_p50=percentile(from_send, 0.5), send_p99=percentile(from_send, 0.99))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--sluice", default=os.path.join(HERE, "..", "target", "release", "sluice"))
@@ -424,7 +480,8 @@ def main():
                    help="comma-separated idle_between_reads values for extra latency runs after the one with "
                         "the default (250ms); '' for none")
     p.add_argument("--source-extra", default="", help="extra TOML lines for the throughput run's kinesis source")
-    p.add_argument("--skip", default="", help="comma-separated: sluice, boto3, embedded, latency")
+    p.add_argument("--skip", default="",
+                   help="comma-separated: sluice, boto3, embedded, latency, latency-embedded")
     # child mode: the boto3 consumer
     p.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -468,6 +525,11 @@ def main():
                 print(f"# {shards} shards, sluice embedded: {r}", file=sys.stderr)
             for name, r in results.items():
                 rows.append((shards, name, r))
+            if "latency-embedded" not in skip:
+                r = run_latency_embedded(args, shards, work)
+                label = "one pipeline: provider -> embedded stream -> kinesis source in-process (defaults)"
+                lat_rows.append((shards, label, r))
+                print(f"# {shards} shards, latency, {label}: {r}", file=sys.stderr)
             if "latency" not in skip:
                 for idle in [None] + list(filter(None, args.latency_idle.split(","))):
                     extra = f'idle_between_reads = "{idle}"' if idle else ""
