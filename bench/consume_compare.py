@@ -400,6 +400,11 @@ def run_latency(args, endpoint, stream, shards, work, extra, tag):
         event = json.loads(data)
         arrivals[event["seq"]] = arrival
         ts[event["seq"]] = event["ts"]
+    return latency_stats(count, arrivals, ts, seen)
+
+
+def latency_stats(count, arrivals, ts, seen):
+    """Percentiles of seen-in-file minus arrival (and minus send time), per `seq`."""
     # Warm-up left out: the provider starts before the producer pipeline connects and replays
     # what it emitted meanwhile in one burst; events sent in the first 2 s are not "at the rate".
     first_ts = min(ts.values(), default=0)
@@ -457,14 +462,7 @@ def run_latency_embedded(args, shards, work):
         stop(proc)
         stop(sim)
         shutil.rmtree(d, ignore_errors=True)
-    first_ts = min(ts.values(), default=0)
-    steady = [q for q in ts if q in seen and ts[q] >= first_ts + WARM_UP_MS]
-    from_arrival = [seen[q] - arrivals[q] for q in steady]
-    from_send = [seen[q] - ts[q] for q in steady]
-    return dict(count=count, in_stream=len(arrivals), in_files=len(seen), matched=len(from_arrival),
-                p50=percentile(from_arrival, 0.5), p99=percentile(from_arrival, 0.99),
-                max=max(from_arrival, default=float("nan")),
-                send_p50=percentile(from_send, 0.5), send_p99=percentile(from_send, 0.99))
+    return latency_stats(count, arrivals, ts, seen)
 
 
 def main():
