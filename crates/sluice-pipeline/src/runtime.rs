@@ -339,7 +339,7 @@ pub fn start(
     }
     tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx.clone())));
     let sink_alarms = Arc::new(watched_sinks.iter().map(|w| (w.name.clone(), w.alarms.clone())).collect());
-    tasks.push(tokio::spawn(watch_delivered(delivered_watches, status.clone(), shutdown_rx.clone())));
+    tasks.push(tokio::spawn(watch_delivered(delivered_watches, status.clone())));
     tasks.push(tokio::spawn(monitor(watched_sources, watched_sinks, opts.sink_failing_after, shutdown_rx)));
     Ok(Running {
         shutdown: shutdown_tx,
@@ -370,20 +370,20 @@ struct DeliveredWatch {
 /// Keeps each source's `delivered` count (see `SourceContext::delivered`): the lowest
 /// watermark of the sinks reading it, as a count of this start's events. Ordinals of one start
 /// are contiguous, so the watermark maps to a count directly.
-async fn watch_delivered(watches: Vec<DeliveredWatch>, status: SharedStatus, mut shutdown: watch::Receiver<bool>) {
-    if watches.is_empty() {
-        return;
-    }
+async fn watch_delivered(watches: Vec<DeliveredWatch>, status: SharedStatus) {
     let mut tick = tokio::time::interval(Duration::from_millis(25));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Sources still checkpoint while they stop: keep counting until every one is gone.
         tick.tick().await;
-        if *shutdown.borrow_and_update() && watches.iter().all(|w| w.tx.is_closed()) {
+        // A source that does not watch the count dropped its receiver when it started (and
+        // every source drops it when it stops): nothing to keep up for it, and once none
+        // watches, this task ends. Sources still checkpoint while they stop, so shutdown alone
+        // does not end it.
+        if watches.iter().all(|w| w.tx.is_closed()) {
             return;
         }
         let st = lock(&status);
-        for w in &watches {
+        for w in watches.iter().filter(|w| !w.tx.is_closed()) {
             let spooled = *w.spooled.borrow();
             let low = w.sinks.iter().filter_map(|s| st.sinks.get(s)?.watermarks.get(&w.source).copied()).min();
             let done = match low {

@@ -74,12 +74,14 @@ pub fn shard_out(meta: &StreamMeta, shard: &ShardMeta) -> Out {
     ]
 }
 
+/// The shards split or merged from `parent`.
+pub fn children_of(meta: &StreamMeta, parent: u32) -> impl Iterator<Item = &sluice_storage::ShardMeta> {
+    meta.shards.iter().filter(move |s| s.parent == Some(parent) || s.adjacent_parent == Some(parent))
+}
+
 /// The `ChildShards` of a closed shard.
 pub fn child_shards_out(meta: &StreamMeta, parent: u32) -> Out {
-    let children: Vec<Out> = meta
-        .shards
-        .iter()
-        .filter(|s| s.parent == Some(parent) || s.adjacent_parent == Some(parent))
+    let children: Vec<Out> = children_of(meta, parent)
         .map(|s| {
             let parents: Vec<String> =
                 s.parent.into_iter().chain(s.adjacent_parent).map(|p| ShardId(p).to_string()).collect();

@@ -16,7 +16,7 @@ use sluice_core::seq::END_ORDINAL;
 use sluice_core::{SequenceNumber, ShardId, ShardIterator, partition_key_hash};
 use sluice_storage::{AppendRecord, StorageError, StreamMeta, StreamStatus};
 
-use super::{child_shards_out, find_shard, shard_id_member};
+use super::{child_shards_out, children_of, find_shard, shard_id_member};
 use crate::error::ApiError;
 use crate::input::{Checker, Fields};
 use crate::obj;
@@ -750,11 +750,7 @@ pub fn read_records(st: &AppState, ctx: &Ctx, token: &str, limit: usize) -> Resu
         .encode(&st.secret)
     });
     let child_ids = if at_end {
-        meta.shards
-            .iter()
-            .filter(|s| s.parent == Some(shard.index) || s.adjacent_parent == Some(shard.index))
-            .map(|s| ShardId(s.index).to_string())
-            .collect()
+        children_of(meta, shard.index).map(|s| ShardId(s.index).to_string()).collect()
     } else {
         Vec::new()
     };

@@ -357,14 +357,14 @@ struct ShardProgress {
 
 impl Shared {
     fn progress(&self, shard: &str, f: impl FnOnce(&mut ShardProgress)) {
-        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shards = lock_sync(&self.shards);
         f(shards.entry(shard.to_owned()).or_default());
     }
 
     /// The source's report for `/health`: who this worker is and the shards it holds.
     fn report(&self, stream: &str, application: &str) -> serde_json::Value {
         let held = self.leases.held();
-        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shards = lock_sync(&self.shards);
         shards.retain(|s, _| held.contains(s));
         serde_json::json!({
             "stream": stream,
@@ -632,13 +632,13 @@ async fn hand_off(
     }
     checkpoint_spooled(&shared, spooled.as_ref()).await;
     let last = lock_sync(&shared.handing_off).remove(shard.as_str()).flatten();
-    match shared.leases.hand_off(&shard, last.clone()).await {
+    match shared.leases.hand_off(&shard, last).await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(source = %shared.name, shard = %shard,
             "the new owner stopped waiting for the handoff: it reads again from the previous checkpoint"),
         Err(e) => tracing::warn!(source = %shared.name, shard = %shard, error = %e, "handoff failed"),
     }
-    shared.shards.lock().unwrap_or_else(|p| p.into_inner()).remove(&shard);
+    lock_sync(&shared.shards).remove(&shard);
 }
 
 /// Checkpoints, per shard, the newest position whose events are all spooled.
