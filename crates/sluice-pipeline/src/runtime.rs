@@ -506,7 +506,7 @@ async fn spool_writer(
         loop {
             // The events stay in `buf` until the spool has them: a failed write (disk full)
             // is retried, never dropped; the source waits on the bounded channel meanwhile.
-            match spool.append(&source, buf.clone()).await {
+            match spool.append(&source, &buf).await {
                 Ok(last) => {
                     counter!("sluice_pipeline_spooled_total", "source" => source.clone()).increment(n);
                     spooled.send_modify(|c| *c += n);

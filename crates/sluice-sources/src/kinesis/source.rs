@@ -174,8 +174,9 @@ fn origin_of(stream: &str, stream_arn: Option<&str>, r: &ShardRecord) -> Origin 
     Origin {
         stream: stream.to_owned(),
         stream_arn: stream_arn.map(str::to_owned),
-        shard_id: r.shard_id.to_string(),
-        sequence_number: r.sequence_number.to_string(),
+        // `str::to_owned`, not `to_string`, which goes through `Display` for an `Arc<str>`.
+        shard_id: (*r.shard_id).to_owned(),
+        sequence_number: (*r.sequence_number).to_owned(),
         sub_sequence_number: r.sub_sequence_number,
         aggregated: r.aggregated,
         partition_key: r.partition_key.clone(),
