@@ -20,6 +20,18 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (v2 and v3); the Rust bindings name
+/// no constant for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS after 1 s instead of mimalloc's 10 ms: at full speed the
+/// pipeline's buffers were returned and faulted in again (zeroed huge pages, 8 % of the CPU of
+/// a kinesis source). Idle memory is still returned.
+fn tune_allocator() {
+    // SAFETY: sets a process-wide option by its documented index; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "sluice",
@@ -166,6 +178,7 @@ fn init_logs(format: LogFormat) {
 }
 
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     match run_cli() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
