@@ -13,6 +13,7 @@ pub mod json_pointer;
 pub mod kpl;
 pub mod seq;
 pub mod shard;
+pub mod size;
 
 pub use hash::{HashKeyRange, partition_key_hash};
 pub use iterator::ShardIterator;
