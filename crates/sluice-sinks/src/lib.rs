@@ -9,6 +9,7 @@
 //!   optional KPL aggregation and per-record compression.
 //! - [`file`]: rotating NDJSON files, optionally gzip-compressed.
 //! - [`stdout`]: NDJSON lines on standard output.
+//! - [`s3`]: Firehose-style objects in S3, an S3-compatible store or a local directory.
 //!
 //! Every sink acknowledges a record only once it is durably delivered (accepted by Kinesis,
 //! fsynced to a file, flushed to stdout) or written to the dead-letter file; nothing is
@@ -23,10 +24,11 @@ use sluice_flow::{FlowError, Sink};
 pub mod file;
 pub mod kinesis;
 mod line;
+pub mod s3;
 pub mod stdout;
 
 /// The sink types [`build`] knows, as written in `type = "..."`.
-pub const KINDS: &[&str] = &["kinesis", "file", "stdout"];
+pub const KINDS: &[&str] = &["kinesis", "file", "stdout", "s3"];
 
 /// What the pipeline lends every sink it builds.
 #[derive(Clone)]
@@ -58,6 +60,7 @@ where
         "kinesis" => kinesis::build(name, parse(name, config)?, env),
         "file" => file::build(name, parse(name, config)?, env.data_dir),
         "stdout" => stdout::build(name, parse(name, config)?, env.data_dir),
+        "s3" => s3::build(name, parse(name, config)?, env.data_dir),
         other => Err(config_error(name, format!("unknown sink type {other:?} (known: {})", KINDS.join(", ")))),
     }
 }
