@@ -73,10 +73,12 @@ pub fn build(name: &str, cfg: S3Config, data_dir: &FsPath) -> Result<Box<dyn Sin
         pointers.insert(key.clone(), p);
     }
     let prefix = Template::parse(&cfg.prefix, &cfg.partition_keys, false).map_err(|e| bad(format!("`prefix`: {e}")))?;
-    let error_prefix = Template::parse(&cfg.error_prefix, &BTreeMap::new(), true)
-        .map_err(|e| bad(format!("`error_prefix`: {e}")))?;
+    let error_prefix =
+        Template::parse(&cfg.error_prefix, &BTreeMap::new(), true).map_err(|e| bad(format!("`error_prefix`: {e}")))?;
     if !cfg.partition_keys.is_empty() && !prefix.uses_keys() {
-        return Err(bad("`partition_keys` are set but `prefix` uses none of them (`!{partitionKeyFromQuery:NAME}`)".into()));
+        return Err(bad(
+            "`partition_keys` are set but `prefix` uses none of them (`!{partitionKeyFromQuery:NAME}`)".into()
+        ));
     }
     let object = cfg.name.clone().unwrap_or_else(|| name.to_owned());
     if object.is_empty() || object.contains('/') {
@@ -143,7 +145,8 @@ impl Target {
                     .unwrap_or_else(|| "us-east-1".into());
                 // Our own retry loop counts and spans `retry_duration`; the client retries
                 // only briefly so that failures surface to it.
-                let retry = RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(30), ..Default::default() };
+                let retry =
+                    RetryConfig { max_retries: 2, retry_timeout: Duration::from_secs(30), ..Default::default() };
                 let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket).with_region(region).with_retry(retry);
                 if let Some(endpoint) = &cfg.endpoint {
                     b = b
@@ -260,13 +263,25 @@ impl Batcher<'_> {
         } else {
             match partition_values(&self.layout.pointers, &r.payload) {
                 Ok(values) => PartitionId::Keys(values),
-                Err(message) => return self.add_error(r, "partitioning-failed", "DynamicPartitioning.MetadataExtractionFailed", &message),
+                Err(message) => {
+                    return self.add_error(
+                        r,
+                        "partitioning-failed",
+                        "DynamicPartitioning.MetadataExtractionFailed",
+                        &message,
+                    );
+                }
             }
         };
         let partitions = self.buffers.keys().filter(|k| matches!(k, PartitionId::Keys(_))).count();
         if !self.buffers.contains_key(&id) && partitions >= self.cfg.max_partitions {
             let message = format!("more than {} partitions buffered at once", self.cfg.max_partitions);
-            return self.add_error(r, "activePartitionExceeded", "DynamicPartitioning.ActivePartitionsLimitExceeded", &message);
+            return self.add_error(
+                r,
+                "activePartitionExceeded",
+                "DynamicPartitioning.ActivePartitionsLimitExceeded",
+                &message,
+            );
         }
         let keys = match &id {
             PartitionId::Keys(values) => self.layout.pointers.keys().cloned().zip(values.iter().cloned()).collect(),
@@ -292,7 +307,8 @@ impl Batcher<'_> {
         self.buffers
             .iter()
             .filter(|(_, b)| {
-                !b.ids.is_empty() && (all || b.data.len() as u64 >= self.cfg.buffer_size || b.since.elapsed() >= interval)
+                !b.ids.is_empty()
+                    && (all || b.data.len() as u64 >= self.cfg.buffer_size || b.since.elapsed() >= interval)
             })
             .map(|(id, _)| id.clone())
             .collect()
@@ -322,7 +338,8 @@ fn compress(data: Vec<u8>, how: Compression) -> std::io::Result<Vec<u8>> {
     match how {
         Compression::None => Ok(data),
         Compression::Gzip => {
-            let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::default());
+            let mut e =
+                flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::default());
             e.write_all(&data)?;
             e.finish()
         }
@@ -354,7 +371,10 @@ fn remove_stale_staging(dir: &FsPath, object: &str) -> usize {
                 Ok(_) => {
                     let name = e.file_name();
                     let name = name.to_string_lossy();
-                    if name.starts_with(&format!("{object}-")) && name.contains('#') && std::fs::remove_file(&path).is_ok() {
+                    if name.starts_with(&format!("{object}-"))
+                        && name.contains('#')
+                        && std::fs::remove_file(&path).is_ok()
+                    {
                         removed += 1;
                     }
                 }
@@ -409,7 +429,9 @@ async fn run(sink: S3Sink, ctx: SinkContext) -> Result<(), FlowError> {
         for id in due {
             let Some(buffer) = b.buffers.remove(&id) else { continue };
             b.buffered_records -= buffer.ids.len();
-            let delivered = deliver(&name, &cfg, &layout, store.as_ref(), &root, &id, buffer, &dead_letters, &mut stop, stopping).await;
+            let delivered =
+                deliver(&name, &cfg, &layout, store.as_ref(), &root, &id, buffer, &dead_letters, &mut stop, stopping)
+                    .await;
             match delivered {
                 Some(ack) => {
                     let _ = acks.send(ack);
@@ -486,7 +508,8 @@ async fn deliver(
                     dead_letters.write("upload_failed", &format!("{key}: {e}"), &body);
                     return Some(Ack::DeadLettered(ids));
                 }
-                let wait = Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(60));
+                let wait =
+                    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(8))).min(Duration::from_secs(60));
                 tracing::warn!(sink = %name, key = %key, attempt, error = %e, retry_in = ?wait, "upload failed; retrying");
                 if stopping {
                     return None;

@@ -248,7 +248,8 @@ mod tests {
         let none = BTreeMap::new();
         assert_eq!(eval(&Template::parse("", &none, false).expect("empty"), &none, None), "2025/12/06/17/");
         assert_eq!(eval(&Template::parse("lake/", &none, false).expect("plain"), &none, None), "lake/2025/12/06/17/");
-        let t = Template::parse("y=!{timestamp:yyyy}/m=!{timestamp:MM}/d=!{timestamp:dd}/", &none, false).expect("hive");
+        let t =
+            Template::parse("y=!{timestamp:yyyy}/m=!{timestamp:MM}/d=!{timestamp:dd}/", &none, false).expect("hive");
         assert_eq!(eval(&t, &none, None), "y=2025/m=12/d=06/");
         let t = Template::parse("!{timestamp:yy-MM-dd'T'HH:mm:ss}/", &none, false).expect("quoted");
         assert_eq!(eval(&t, &none, None), "25-12-06T17:45:06/");
