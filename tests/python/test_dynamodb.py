@@ -864,3 +864,49 @@ def test_kill_9_keeps_every_acknowledged_write(server):
     # And the table keeps working after recovery.
     ddb.put_item(TableName=t, Item=lease_item("after"), Expected={"leaseKey": {"Exists": False}})
     print(f"\nkill -9: {len(acked)} acknowledged puts + {acked_counter[0]} renews, all present after restart")
+
+
+def _batch_write_checks(ddb, strict=True):
+    """BatchWriteItem as DynamoDB answers it: puts and deletes over two tables, then the
+    refusals (duplicates, over 25, unknown table), each leaving the tables untouched."""
+    a, b = name("bw"), name("bw")
+    for t in (a, b):
+        create_lease_table(ddb, t)
+        ddb.get_waiter("table_exists").wait(TableName=t, WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    ddb.put_item(TableName=a, Item={"leaseKey": {"S": "gone"}})
+    out = ddb.batch_write_item(RequestItems={
+        a: [{"PutRequest": {"Item": {"leaseKey": {"S": f"k{i}"}, "n": {"N": str(i)}}}} for i in range(20)]
+           + [{"DeleteRequest": {"Key": {"leaseKey": {"S": "gone"}}}},
+              {"DeleteRequest": {"Key": {"leaseKey": {"S": "never-was"}}}}],
+        b: [{"PutRequest": {"Item": {"leaseKey": {"S": "x"}, "m": {"M": {"a": {"BOOL": True}}}}}}],
+    })
+    assert out["UnprocessedItems"] == {}
+    assert ddb.scan(TableName=a, Select="COUNT")["Count"] == 20
+    assert ddb.get_item(TableName=a, Key={"leaseKey": {"S": "k7"}})["Item"]["n"] == {"N": "7"}
+    assert ddb.get_item(TableName=b, Key={"leaseKey": {"S": "x"}})["Item"]["m"] == {"M": {"a": {"BOOL": True}}}
+    refusals = [
+        ({a: [{"PutRequest": {"Item": {"leaseKey": {"S": "d"}}}}, {"PutRequest": {"Item": {"leaseKey": {"S": "d"}}}}]},
+         "ValidationException", "duplicates"),
+        ({a: [{"PutRequest": {"Item": {"leaseKey": {"S": f"z{i}"}}}} for i in range(26)]},
+         "ValidationException", "Too many items"),
+        ({name("missing"): [{"PutRequest": {"Item": {"leaseKey": {"S": "q"}}}}]}, "ResourceNotFoundException", ""),
+    ]
+    if strict:
+        # DynamoDB's documentation: one item cannot be put and deleted in the same call (moto
+        # lets it through).
+        refusals.append(({a: [{"PutRequest": {"Item": {"leaseKey": {"S": "d"}}}},
+                              {"DeleteRequest": {"Key": {"leaseKey": {"S": "d"}}}}]}, "ValidationException", "duplicates"))
+    for items, code, text in refusals:
+        with pytest.raises(ClientError) as e:
+            ddb.batch_write_item(RequestItems=items)
+        assert e.value.response["Error"]["Code"] == code, e.value.response
+        assert text in e.value.response["Error"]["Message"]
+    assert ddb.scan(TableName=a, Select="COUNT")["Count"] == 20, "a refused batch wrote something"
+
+
+def test_batch_write_item(ddb):
+    _batch_write_checks(ddb)
+
+
+def test_batch_write_item_moto_agrees(moto_server):  # noqa: F811
+    _batch_write_checks(ddb_client(moto_server), strict=False)

@@ -18,7 +18,7 @@ const MAX_ITEM: usize = 400 * 1024;
 const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// Every operation answered, for metrics labels.
-pub const KNOWN_OPS: [&str; 11] = [
+pub const KNOWN_OPS: [&str; 12] = [
     "CreateTable",
     "DescribeTable",
     "DeleteTable",
@@ -28,6 +28,7 @@ pub const KNOWN_OPS: [&str; 11] = [
     "PutItem",
     "UpdateItem",
     "DeleteItem",
+    "BatchWriteItem",
     "Scan",
     "Query",
 ];
@@ -179,6 +180,7 @@ impl Db {
             "PutItem" => self.put_item(&r),
             "UpdateItem" => self.update_item(&r),
             "DeleteItem" => self.delete_item(&r),
+            "BatchWriteItem" => self.batch_write_item(&r),
             "Scan" => self.scan(&r),
             "Query" => self.query(&r),
             other => Err(DynamoError::unknown_operation(format!("Unknown operation DynamoDB_20120810.{other}"))),
@@ -508,6 +510,73 @@ impl Db {
         }
         consumed(r, name, &mut out)?;
         Ok(out)
+    }
+
+    /// Up to 25 puts and deletes over any tables. Everything is checked before anything is
+    /// written, as DynamoDB refuses a bad call whole; nothing is ever left unprocessed here.
+    fn batch_write_item(&self, r: &Req) -> Result<Json> {
+        let requests = r.obj("RequestItems")?.ok_or_else(|| not_null("requestItems"))?;
+        if requests.is_empty() {
+            return Err(DynamoError::validation(
+                "1 validation error detected: Value '{}' at 'requestItems' failed to satisfy constraint: \
+                 Member must have length greater than or equal to 1",
+            ));
+        }
+        let mut total = 0;
+        let mut plan = Vec::new();
+        for (name, list) in requests {
+            check_name(name, "requestItems.key", 3)?;
+            let Json::Array(list) = list else { return Err(wrong_type("RequestItems", "a list")) };
+            total += list.len();
+            if total > 25 {
+                return Err(DynamoError::validation("Too many items requested for the BatchWriteItem call"));
+            }
+            let t = self.table(name)?;
+            let meta = t.lock().meta.clone();
+            let mut writes = Vec::with_capacity(list.len());
+            let mut keys = std::collections::BTreeSet::new();
+            for w in list {
+                let Json::Object(w) = w else { return Err(wrong_type("WriteRequest", "a structure")) };
+                let w = Req(w);
+                let write = match (w.obj("PutRequest")?, w.obj("DeleteRequest")?) {
+                    (Some(put), None) => {
+                        let item = Req(put).item("Item")?.ok_or_else(|| not_null("item"))?;
+                        (item_key(&meta, &item)?, Some(item))
+                    }
+                    (None, Some(delete)) => {
+                        let key = Req(delete).item("Key")?.ok_or_else(|| not_null("key"))?;
+                        (key_from(&meta, &key)?, None)
+                    }
+                    _ => {
+                        return Err(DynamoError::validation(
+                            "Supplied AttributeValue has more than one datatypes set, must contain exactly one of the supported datatypes",
+                        ));
+                    }
+                };
+                if !keys.insert(write.0.clone()) {
+                    return Err(DynamoError::validation("Provided list of item keys contains duplicates"));
+                }
+                writes.push(write);
+            }
+            plan.push((t, writes));
+        }
+        for (t, writes) in plan {
+            let seq = {
+                let mut g = t.lock();
+                g.check()?;
+                let mut seq = t.written();
+                for (key, item) in writes {
+                    seq = match item {
+                        Some(item) => t.put(&mut g, key, item)?,
+                        None if g.items.contains_key(&key) => t.delete(&mut g, &key)?,
+                        None => seq,
+                    };
+                }
+                seq
+            };
+            t.durable(seq)?;
+        }
+        Ok(json!({"UnprocessedItems": {}}))
     }
 
     fn update_item(&self, r: &Req) -> Result<Json> {
