@@ -72,9 +72,10 @@ pub fn build_source(
     })
 }
 
-/// Whether a sink or source needs the embedded stream (`kinesis` without `endpoint`).
+/// Whether a sink or source needs the embedded stream (`kinesis` without `endpoint`) or its
+/// DynamoDB endpoint (`dynamodb` without `endpoint`).
 pub fn wants_embedded(c: &ComponentConfig) -> bool {
-    c.kind == "kinesis" && !c.options.contains_key("endpoint")
+    (c.kind == "kinesis" || c.kind == "dynamodb") && !c.options.contains_key("endpoint")
 }
 
 /// The embedded stream as sinks reach it.
@@ -103,6 +104,12 @@ pub fn build_sink(
     }
     let mut c = c.clone();
     let mut env = sluice_sinks::BuildEnv::new(data_dir);
+    if c.kind == "dynamodb"
+        && wants_embedded(&c)
+        && let Some(embedded) = embedded
+    {
+        c.options.insert("endpoint".into(), toml::Value::String(embedded.url.clone()));
+    }
     if wants_embedded(&c)
         && let Some(embedded) = embedded
     {

@@ -896,7 +896,7 @@ mod tests {
                 })
             })
         };
-        let events = (1..=3)
+        let events: Vec<Event> = (1..=3)
             .map(|i| Event {
                 payload: bytes::Bytes::from(format!("e{i}")),
                 cursor: Some(i.to_string()),

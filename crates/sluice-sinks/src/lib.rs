@@ -10,6 +10,8 @@
 //! - [`file`]: rotating NDJSON files, optionally gzip-compressed.
 //! - [`stdout`]: NDJSON lines on standard output.
 //! - [`s3`]: Firehose-style objects in S3, an S3-compatible store or a local directory.
+//! - [`dynamodb`]: every record an item of a DynamoDB table (BatchWriteItem, or conditional
+//!   puts that keep the newest version).
 //!
 //! Every sink acknowledges a record only once it is durably delivered (accepted by Kinesis,
 //! fsynced to a file, flushed to stdout) or written to the dead-letter file; nothing is
@@ -21,6 +23,8 @@ use std::path::Path;
 use serde::Deserialize;
 use sluice_flow::{FlowError, Sink};
 
+mod aws;
+pub mod dynamodb;
 pub mod file;
 pub mod kinesis;
 mod line;
@@ -28,7 +32,7 @@ pub mod s3;
 pub mod stdout;
 
 /// The sink types [`build`] knows, as written in `type = "..."`.
-pub const KINDS: &[&str] = &["kinesis", "file", "stdout", "s3"];
+pub const KINDS: &[&str] = &["kinesis", "file", "stdout", "s3", "dynamodb"];
 
 /// What the pipeline lends every sink it builds.
 #[derive(Clone)]
@@ -61,6 +65,7 @@ where
         "file" => file::build(name, parse(name, config)?, env.data_dir),
         "stdout" => stdout::build(name, parse(name, config)?, env.data_dir),
         "s3" => s3::build(name, parse(name, config)?, env.data_dir),
+        "dynamodb" => dynamodb::build(name, parse(name, config)?),
         other => Err(config_error(name, format!("unknown sink type {other:?} (known: {})", KINDS.join(", ")))),
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::config::retry::RetryConfig;
 use aws_sdk_kinesis::config::timeout::TimeoutConfig;
-use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
@@ -35,27 +34,11 @@ impl StreamClient {
             .operation_attempt_timeout(config.request_timeout)
             .operation_timeout(config.request_timeout)
             .build();
-        let conf = if config.endpoint == "aws" {
-            let region =
-                aws_config::meta::region::RegionProviderChain::first_try(config.region.clone().map(Region::new))
-                    .or_default_provider()
-                    .or_else(Region::from_static("us-east-1"));
-            let shared = aws_config::defaults(BehaviorVersion::latest()).region(region).load().await;
-            aws_sdk_kinesis::config::Builder::from(&shared)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(timeouts)
-                .build()
-        } else {
-            let region = config.region.clone().unwrap_or_else(|| "us-east-1".to_owned());
-            aws_sdk_kinesis::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new(region))
-                .credentials_provider(static_credentials())
-                .endpoint_url(&config.endpoint)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(timeouts)
-                .build()
-        };
+        let shared = crate::aws::sdk_config(&config.endpoint, config.region.clone()).await;
+        let conf = aws_sdk_kinesis::config::Builder::from(&shared)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts)
+            .build();
         StreamClient {
             client: aws_sdk_kinesis::Client::from_conf(conf),
             stream: Arc::from(config.stream_name.as_str()),
@@ -144,19 +127,6 @@ impl StreamClient {
 
 /// `AWS_ACCESS_KEY_ID` & co. if set, else fixed dummy keys (the embedded server and most local
 /// emulators check only that a signature is present).
-fn static_credentials() -> Credentials {
-    match std::env::var("AWS_ACCESS_KEY_ID") {
-        Ok(id) if !id.is_empty() => Credentials::new(
-            id,
-            std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-            std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty()),
-            None,
-            "environment",
-        ),
-        _ => Credentials::new("sluice", "sluice", None, None, "sluice-static"),
-    }
-}
-
 fn code_of<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     match err {
         SdkError::ServiceError(se) => se.err().code(),
