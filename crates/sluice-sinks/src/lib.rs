@@ -8,6 +8,9 @@
 //!   with batching, exact partial-failure retries, per-key ordering, per-shard rate limiting,
 //!   optional KPL aggregation and per-record compression.
 //! - [`file`]: rotating NDJSON files, optionally gzip-compressed.
+//! - [`handler`]: a function invoked like AWS Lambda with Kinesis events (a pool of processes
+//!   speaking JSON lines, or an HTTP endpoint), with retries, bisection, partial batch
+//!   responses, on-failure records, parallelization and tumbling windows.
 //! - [`stdout`]: NDJSON lines on standard output.
 //!
 //! Every sink acknowledges a record only once it is durably delivered (accepted by Kinesis,
@@ -21,12 +24,13 @@ use serde::Deserialize;
 use sluice_flow::{FlowError, Sink};
 
 pub mod file;
+pub mod handler;
 pub mod kinesis;
 mod line;
 pub mod stdout;
 
 /// The sink types [`build`] knows, as written in `type = "..."`.
-pub const KINDS: &[&str] = &["kinesis", "file", "stdout"];
+pub const KINDS: &[&str] = &["kinesis", "file", "handler", "stdout"];
 
 /// What the pipeline lends every sink it builds.
 #[derive(Clone)]
@@ -57,6 +61,7 @@ where
     match kind {
         "kinesis" => kinesis::build(name, parse(name, config)?, env),
         "file" => file::build(name, parse(name, config)?, env.data_dir),
+        "handler" => handler::build(name, parse(name, config)?, env.data_dir),
         "stdout" => stdout::build(name, parse(name, config)?, env.data_dir),
         other => Err(config_error(name, format!("unknown sink type {other:?} (known: {})", KINDS.join(", ")))),
     }
