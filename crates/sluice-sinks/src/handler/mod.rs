@@ -65,7 +65,8 @@
 //!
 //! **Windows** (see [`window`]): fixed windows of the arrival time; a final invocation per
 //! window and shard with no records and the last state, when a later window's record comes,
-//! the input ends, or 1 s after the window's end with nothing new.
+//! the input ends, or when 1 s passed both since the window's end and since the lane's last
+//! record.
 //!
 //! Metrics (label `sink`): `sluice_handler_invocations_total`, `_errors_total{kind}` (`raised`,
 //! `timeout`, `crashed`, `invalid_response`, `final_invoke`), `_retries_total`,

@@ -201,14 +201,19 @@ mod tests {
             let (invoked, settled) = run(len, &[p], Some(0), true);
             let with_poison = invoked.iter().filter(|r| r.contains(&p)).count();
             let log2 = (len as f64).log2().ceil() as usize;
-            assert_eq!(with_poison, log2 + 1, "len {len}");
+            // Halves of an odd length differ by one, so the depth is exact only for powers of 2.
+            if len.is_power_of_two() {
+                assert_eq!(with_poison, log2 + 1, "len {len}");
+            } else {
+                assert!(with_poison <= log2 + 1 && with_poison >= log2, "len {len}: {with_poison}");
+            }
             let failed: Vec<_> = settled.iter().filter(|s| matches!(s, Settled::Failed { .. })).collect();
             assert_eq!(
                 failed,
                 vec![&Settled::Failed {
                     range: p..p + 1,
                     condition: Condition::RetryAttemptsExhausted,
-                    invokes: (log2 + 1) as u32
+                    invokes: with_poison as u32
                 }]
             );
             let delivered: usize =
@@ -269,8 +274,8 @@ mod tests {
     fn infinite_retries_never_settle_a_failure() {
         let mut plan = BatchPlan::new(3, None, true);
         for _ in 0..100 {
-            let (settled, _) =
-                plan.record(if plan.current() == Some(1..2) { Outcome::Failed } else { Outcome::Success });
+            let poisoned = plan.current().is_some_and(|r| r.contains(&1));
+            let (settled, _) = plan.record(if poisoned { Outcome::Failed } else { Outcome::Success });
             assert!(settled.iter().all(|s| matches!(s, Settled::Delivered(_))));
         }
         assert_eq!(plan.current(), Some(1..2));

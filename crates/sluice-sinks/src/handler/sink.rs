@@ -18,7 +18,8 @@ use super::on_failure::{self, FailureFile};
 use super::retry::{BatchPlan, Condition, Next, Outcome, Settled, backoff_ms};
 use super::window::ShardWindow;
 
-/// How long after its end an idle window waits for stragglers before its final invocation.
+/// How long after its end, and after the lane's last record, an idle window waits before its
+/// final invocation.
 const WINDOW_GRACE_MS: u64 = 1_000;
 
 /// What every lane shares.
@@ -110,12 +111,19 @@ async fn lane(shared: Arc<Shared>, shard: Arc<str>, mut rx: mpsc::Receiver<Item>
     let mut window = (!cfg.tumbling_window.is_zero()).then(|| ShardWindow::new(cfg.tumbling_window.as_millis() as u64));
     let mut held: Option<Item> = None;
     let mut stream_arn: Arc<str> = Arc::from("");
+    let mut last_record_ms = 0u64;
     loop {
         let first = match held.take() {
             Some(i) => i,
             None => {
-                let due = window.as_ref().and_then(|w| w.due_ms(WINDOW_GRACE_MS));
+                // Close an idle window only once no record came for a grace period as well:
+                // a lane catching up on old records must not end a window between two batches.
+                let due = window
+                    .as_ref()
+                    .and_then(|w| w.due_ms(WINDOW_GRACE_MS))
+                    .map(|d| d.max(last_record_ms + WINDOW_GRACE_MS));
                 tokio::select! {
+                    biased;
                     r = rx.recv() => match r {
                         Some(i) => i,
                         None => {
@@ -134,6 +142,7 @@ async fn lane(shared: Arc<Shared>, shard: Arc<str>, mut rx: mpsc::Receiver<Item>
                 }
             }
         };
+        last_record_ms = sluice_flow::now_ms();
         stream_arn = first.stream_arn.clone();
         let window_start = window.as_ref().map(|w| w.start_of(first.arrival_ms));
         if let (Some(w), Some(start)) = (window.as_mut(), window_start) {
@@ -163,6 +172,7 @@ async fn lane(shared: Arc<Shared>, shard: Arc<str>, mut rx: mpsc::Receiver<Item>
                 held = Some(item);
                 break;
             }
+            last_record_ms = sluice_flow::now_ms();
             bytes += item.event_bytes();
             batch.push(item);
         }

@@ -5,7 +5,8 @@
 //! shard has at most one open window: its state starts as `{}`, and each successful invocation's
 //! answer replaces it. The window closes with one final invocation (no records, its last state,
 //! `isFinalInvokeForWindow = true`) when a record of a later window comes, when the input ends,
-//! or when nothing arrived for `grace` after its end. A state over 1 MB ends the window early:
+//! or when nothing arrived for `grace` after its end (the lane also waits `grace` after its
+//! last record, see `sink`). A state over 1 MB ends the window early:
 //! a final invocation with `isWindowTerminatedEarly = true`, and the same window goes on with a
 //! fresh state.
 
