@@ -142,13 +142,12 @@ impl BatchPlan {
             Outcome::Failed => None,
         };
         match failed_from {
-            Some(k) => {
-                // Checkpoint just before the lowest failed record; retry from there.
-                if k > 0 {
-                    settled.push(Settled::Delivered(seg.range.start..seg.range.start + k));
-                    seg.range.start += k;
-                }
+            // Checkpoint just before the lowest failed record; retry from there.
+            Some(k) if k > 0 => {
+                settled.push(Settled::Delivered(seg.range.start..seg.range.start + k));
+                seg.range.start += k;
             }
+            Some(_) => {}
             None if self.bisect && seg.range.len() > 1 => {
                 let mid = seg.range.start + seg.range.len() / 2;
                 let back = Segment { range: mid..seg.range.end, retries: seg.retries, invokes: seg.invokes };

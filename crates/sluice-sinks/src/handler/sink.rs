@@ -145,10 +145,10 @@ async fn lane(shared: Arc<Shared>, shard: Arc<str>, mut rx: mpsc::Receiver<Item>
         last_record_ms = sluice_flow::now_ms();
         stream_arn = first.stream_arn.clone();
         let window_start = window.as_ref().map(|w| w.start_of(first.arrival_ms));
-        if let (Some(w), Some(start)) = (window.as_mut(), window_start) {
-            if let Some(fin) = w.enter(start) {
-                final_invoke(&shared, &shard, &stream_arn, fin).await;
-            }
+        if let (Some(w), Some(start)) = (window.as_mut(), window_start)
+            && let Some(fin) = w.enter(start)
+        {
+            final_invoke(&shared, &shard, &stream_arn, fin).await;
         }
         let mut bytes = first.event_bytes();
         let mut batch = vec![first];
@@ -209,10 +209,10 @@ async fn work_batch(shared: &Shared, shard: &str, batch: &[Item], mut window: Op
                 Outcome::Failed
             }
             Ok(answer) => {
-                if let (Some(w), Some(state)) = (window.as_deref_mut(), answer.state) {
-                    if let Some(early) = w.update(state) {
-                        final_invoke(shared, shard, &stream_arn, early).await;
-                    }
+                if let (Some(w), Some(state)) = (window.as_deref_mut(), answer.state)
+                    && let Some(early) = w.update(state)
+                {
+                    final_invoke(shared, shard, &stream_arn, early).await;
                 }
                 match answer.first_failed {
                     None => Outcome::Success,
