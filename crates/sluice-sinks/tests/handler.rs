@@ -457,9 +457,9 @@ def handle(event):
     except FileNotFoundError:
         n = 1
     log({"call": n, "pid": os.getpid(), "seqs": seqs(event)})
-    if n == 1:
-        os._exit(3)
     if n == 2:
+        os._exit(3)
+    if n == 4:
         time.sleep(30)
     return None
 main(handle)
@@ -467,19 +467,23 @@ main(handle)
     );
     let base = sluice_flow::now_ms();
     let records: Vec<Record> =
-        (0..5u64).map(|i| stream_record(i, 0, &seq(i), "k", base + i, serde_json::json!({"i": i}))).collect();
+        (0..15u64).map(|i| stream_record(i, 0, &seq(i), "k", base + i, serde_json::json!({"i": i}))).collect();
+    // Three batches of five. Call 2 (batch 2) crashes; call 4 (batch 3, on a process that already
+    // answered, so without the start-up allowance) hangs past the timeout.
     let cfg = fx.config("batch_size = 5\nmaximum_batching_window = \"5s\"\ntimeout = \"500ms\"\nconcurrency = 1");
     let out = run_sink("crashy", &cfg, records, fx.dir.path()).await;
-    assert_eq!(out.delivered, (0..5).collect::<Vec<_>>());
+    assert_eq!(out.delivered, (0..15).collect::<Vec<_>>());
     let calls = fx.calls();
-    assert_eq!(calls.len(), 3, "{calls:?}");
-    assert!(calls.iter().all(|c| c["seqs"] == calls[0]["seqs"]), "the same batch each time");
-    let pids: BTreeSet<u64> = calls.iter().filter_map(|c| c["pid"].as_u64()).collect();
-    assert_eq!(pids.len(), 3, "the crashed and the hung process were replaced");
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    let batch = |k: u64| Value::from((k * 5..k * 5 + 5).map(seq).collect::<Vec<_>>());
+    let seqs: Vec<&Value> = calls.iter().map(|c| &c["seqs"]).collect();
+    assert_eq!(seqs, vec![&batch(0), &batch(1), &batch(1), &batch(2), &batch(2)], "each failed batch again, whole");
+    let pids: Vec<u64> = calls.iter().filter_map(|c| c["pid"].as_u64()).collect();
+    assert!(pids[0] == pids[1] && pids[1] != pids[2] && pids[2] == pids[3] && pids[3] != pids[4], "{pids:?}");
     assert_eq!(common::counter("sluice_handler_errors_total", "crashy"), 2);
     assert_eq!(common::counter("sluice_handler_retries_total", "crashy"), 2);
     assert_eq!(common::counter("sluice_handler_processes_started_total", "crashy"), 3);
-    eprintln!("crash/timeout: 3 invocations (crash, timeout, success), 2 errors, 2 retries, 3 processes");
+    eprintln!("crash/timeout: 5 invocations (ok, crash, ok, timeout, ok), 2 errors, 2 retries, 3 processes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,4 +592,54 @@ srv.serve_forever()
     assert_eq!(out.delivered, (0..7).collect::<Vec<_>>());
     let calls = read_ndjson(&log);
     assert_eq!(calls, vec![serde_json::json!({"n": 7, "type": "application/json"}); 2], "the 500 was retried once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_the_sink_promptly_without_acknowledging_unfinished_records() {
+    let fx = Fixture::new(
+        r#"
+def handle(event):
+    log({"pid": os.getpid()})
+    time.sleep(30)
+main(handle)
+"#,
+    );
+    let cfg = fx.config("timeout = \"60s\"");
+    let table: toml::Table = toml::from_str(&cfg).expect("toml");
+    let sink =
+        sluice_sinks::build("handler", "stopped", table, &sluice_sinks::BuildEnv::new(fx.dir.path())).expect("build");
+    let (tx, rx) = mpsc::channel(16);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = SinkContext {
+        name: "stopped".into(),
+        records: rx,
+        acks: ack_tx,
+        dead_letters: DeadLetters::new(fx.dir.path(), "stopped"),
+        shutdown: stop_rx,
+    };
+    let task = tokio::spawn(sink.run(ctx));
+    tx.send(stream_record(0, 0, &seq(0), "k", sluice_flow::now_ms(), serde_json::json!({}))).await.expect("send");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let pid = loop {
+        if let Some(p) = fx.calls().first().and_then(|c| c["pid"].as_u64()) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the handler was not invoked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop_tx.send(true).expect("stop");
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stopped in time").expect("join").expect("run");
+    assert!(ack_rx.try_recv().is_err(), "nothing acknowledged");
+    // The busy process was killed with the sink's lane (it may linger as a zombie until reaped).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.split(' ').nth(2) == Some("Z") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "handler process {pid} still running: {stat}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tx);
 }

@@ -48,8 +48,9 @@ pub struct HandlerConfig {
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How long one invocation may take (Lambda's function timeout). A process that does not
-    /// answer in time is killed and replaced; the invocation is a function error. Default
-    /// `"3s"`.
+    /// answer in time is killed and replaced; the invocation is a function error. A freshly
+    /// started process gets 10 s more for its first answer (its start-up, like Lambda's init
+    /// phase). Default `"3s"`.
     #[serde(default = "default_timeout", with = "sluice_core::duration")]
     pub timeout: Duration,
     /// Most records per invocation, 1..=10000. Default 100. A batch is also cut before its

@@ -11,6 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::Semaphore;
 
+/// Extra time a freshly started process has for its first answer (Lambda's init phase limit).
+pub const INIT_ALLOWANCE: Duration = Duration::from_secs(10);
+
 /// Longest answer line read from a process (a runaway handler must not exhaust memory).
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
@@ -160,12 +163,14 @@ impl ProcessPool {
     async fn invoke(&self, event: Vec<u8>, timeout: Duration) -> Result<Value, FunctionError> {
         let _permit = self.permits.acquire().await.map_err(|e| FunctionError::Crashed(e.to_string()))?;
         let reused = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut worker = match reused {
-            Some(w) => w,
-            None => self.spawn()?,
+        // A fresh process answers its first event only after starting up (imports, models):
+        // like Lambda's init phase, that is not the function's time.
+        let (mut worker, limit) = match reused {
+            Some(w) => (w, timeout),
+            None => (self.spawn()?, timeout + INIT_ALLOWANCE),
         };
         let result =
-            tokio::time::timeout(timeout, exchange(&mut worker, event)).await.unwrap_or(Err(FunctionError::Timeout));
+            tokio::time::timeout(limit, exchange(&mut worker, event)).await.unwrap_or(Err(FunctionError::Timeout));
         match &result {
             // A raised error is an answer: the process is healthy and stays.
             Ok(_) | Err(FunctionError::Raised(_)) => self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(worker),

@@ -29,7 +29,8 @@
 //! function raised (a function error; the process stays). stdout is reserved for answers;
 //! anything written to stderr is logged by sluice, line by line. A process that exits, answers
 //! something else, or does not answer within `timeout` is a function error, and is killed and
-//! replaced. Processes get EOF on stdin when the sink stops. A minimal Python handler:
+//! replaced (a fresh process has 10 s more for its first answer, its start-up). Processes
+//! get EOF on stdin when the sink stops. A minimal Python handler:
 //!
 //! ```text
 //! import json, sys
@@ -47,8 +48,8 @@
 //!
 //! **Answers.** Without `function_response_types`, any result is success. With
 //! `["ReportBatchItemFailures"]`, `{"batchItemFailures":[{"itemIdentifier":"<seq>"}]}` marks
-//! failed records: the records before the lowest failed sequence number are done and the rest
-//! is retried (one retry used); an empty or null list, `null` or `{}` is success; anything else
+//! failed records: the records before the lowest failed sequence number (the earliest failed
+//! record of the batch) are done and the rest is retried (one retry used); an empty or null list, `null` or `{}` is success; anything else
 //! (not an object, an entry without a known `itemIdentifier`) fails the whole batch. With
 //! tumbling windows the answer must carry `state` (else a function error); it is handed to the
 //! next invocation of that shard and window.
