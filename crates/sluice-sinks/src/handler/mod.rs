@@ -10,6 +10,10 @@
 //! settled, so a shard never advances past a failing record unless the options say so
 //! (`maximum_retry_attempts`, `maximum_record_age`).
 //!
+//! Shards are independent while their queues have room: each lane queues up to 4 × `batch_size`
+//! (at least 1,024) records; when a stuck lane's queue is full, the router waits, and so does
+//! the input (memory stays bounded; the spool keeps the rest).
+//!
 //! **The event** is Lambda's Kinesis event, one shard per batch:
 //! `{"Records":[{"kinesis":{"kinesisSchemaVersion":"1.0","partitionKey","sequenceNumber",
 //! "data" (base64),"approximateArrivalTimestamp" (epoch seconds, fractional)},"eventSource":
