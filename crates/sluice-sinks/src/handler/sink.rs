@@ -144,7 +144,7 @@ async fn lane(shared: Arc<Shared>, shard: Arc<str>, mut rx: mpsc::Receiver<Item>
         };
         last_record_ms = sluice_flow::now_ms();
         stream_arn = first.stream_arn.clone();
-        let window_start = window.as_ref().map(|w| w.start_of(first.arrival_ms));
+        let window_start = window.as_ref().map(|w| w.place(first.arrival_ms));
         if let (Some(w), Some(start)) = (window.as_mut(), window_start)
             && let Some(fin) = w.enter(start)
         {
@@ -165,7 +165,7 @@ async fn lane(shared: Arc<Shared>, shard: Arc<str>, mut rx: mpsc::Receiver<Item>
             };
             let Some(item) = next else { break };
             let other_window = match (&window, window_start) {
-                (Some(w), Some(start)) => w.start_of(item.arrival_ms) != start,
+                (Some(w), Some(start)) => w.place(item.arrival_ms) != start,
                 _ => false,
             };
             if other_window || bytes + item.event_bytes() > MAX_EVENT_BYTES {

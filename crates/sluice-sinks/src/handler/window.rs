@@ -35,6 +35,15 @@ impl ShardWindow {
         arrival_ms - arrival_ms % self.size_ms
     }
 
+    /// The window a record arriving at `arrival_ms` belongs to: its own, or the open one if
+    /// that is later. A stream's arrival times only grow per shard, but the pseudo-shard's
+    /// receive times of two inputs may interleave a little; a straggler joins the open window
+    /// rather than reopening a closed one.
+    pub fn place(&self, arrival_ms: u64) -> u64 {
+        let own = self.start_of(arrival_ms);
+        self.open.as_ref().map_or(own, |(open, _)| own.max(*open))
+    }
+
     /// Makes the window starting at `start` the open one; returns the final invocation of the
     /// window it replaces, if another was open.
     pub fn enter(&mut self, start: u64) -> Option<WindowFields> {
@@ -116,6 +125,14 @@ mod tests {
         assert_eq!(w.due_ms(1_000), Some(31_000));
         assert!(w.close().is_some_and(|f| f.is_final));
         assert_eq!((w.close(), w.due_ms(0)), (None, None));
+    }
+
+    #[test]
+    fn a_straggler_joins_the_open_window() {
+        let mut w = ShardWindow::new(1_000);
+        assert_eq!(w.place(2_500), 2_000);
+        w.enter(2_000);
+        assert_eq!((w.place(1_999), w.place(2_999), w.place(3_000)), (2_000, 2_000, 3_000));
     }
 
     #[test]
