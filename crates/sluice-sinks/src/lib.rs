@@ -8,6 +8,9 @@
 //!   with batching, exact partial-failure retries, per-key ordering, per-shard rate limiting,
 //!   optional KPL aggregation and per-record compression.
 //! - [`file`]: rotating NDJSON files, optionally gzip-compressed.
+//! - [`handler`]: a function invoked like AWS Lambda with Kinesis events (a pool of processes
+//!   speaking JSON lines, or an HTTP endpoint), with retries, bisection, partial batch
+//!   responses, on-failure records, parallelization and tumbling windows.
 //! - [`stdout`]: NDJSON lines on standard output.
 //! - [`s3`]: Firehose-style objects in S3, an S3-compatible store or a local directory.
 //! - [`dynamodb`]: every record an item of a DynamoDB table (BatchWriteItem, or conditional
@@ -26,13 +29,14 @@ use sluice_flow::{FlowError, Sink};
 mod aws;
 pub mod dynamodb;
 pub mod file;
+pub mod handler;
 pub mod kinesis;
 mod line;
 pub mod s3;
 pub mod stdout;
 
 /// The sink types [`build`] knows, as written in `type = "..."`.
-pub const KINDS: &[&str] = &["kinesis", "file", "stdout", "s3", "dynamodb"];
+pub const KINDS: &[&str] = &["kinesis", "file", "handler", "stdout", "s3", "dynamodb"];
 
 /// What the pipeline lends every sink it builds.
 #[derive(Clone)]
@@ -63,6 +67,7 @@ where
     match kind {
         "kinesis" => kinesis::build(name, parse(name, config)?, env),
         "file" => file::build(name, parse(name, config)?, env.data_dir),
+        "handler" => handler::build(name, parse(name, config)?, env.data_dir),
         "stdout" => stdout::build(name, parse(name, config)?, env.data_dir),
         "s3" => s3::build(name, parse(name, config)?, env.data_dir),
         "dynamodb" => dynamodb::build(name, parse(name, config)?),

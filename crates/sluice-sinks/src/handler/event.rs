@@ -1,0 +1,303 @@
+//! Lambda's Kinesis event, built from sluice records, and the function's answers read back.
+//! Pure: no I/O, so the exact shapes are unit-tested here.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sluice_flow::{Origin, Record};
+
+/// Shard id of records that did not come from a stream (a websocket or SSE source): they form
+/// one pseudo-shard per sink.
+pub const LOCAL_SHARD: &str = "shardId-local";
+/// Partition key of records without an origin: one key, so they keep their spool order at any
+/// `parallelization_factor`.
+pub const LOCAL_PARTITION_KEY: &str = "local";
+/// Account in ARNs sluice makes up.
+const ACCOUNT: &str = "000000000000";
+
+/// What the event names of the sink itself.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The sink's name (the stream name of origin-less records).
+    pub sink: String,
+    /// `awsRegion`.
+    pub region: String,
+    /// `invokeIdentityArn`.
+    pub invoke_identity_arn: String,
+    /// `requestContext.functionArn` of on-failure records.
+    pub function_arn: String,
+}
+
+/// One record as the event shows it: the Kinesis fields, whether from an origin or made up.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The spool record.
+    pub record: Record,
+    /// `shardId-…`.
+    pub shard_id: Arc<str>,
+    /// The stream's ARN.
+    pub stream_arn: Arc<str>,
+    /// Kinesis sequence number (of the aggregate, for a de-aggregated KPL user record).
+    pub sequence_number: String,
+    /// Partition key.
+    pub partition_key: String,
+    /// Approximate arrival time, epoch ms: the stream's, or when the source received it.
+    pub arrival_ms: u64,
+}
+
+impl Item {
+    /// The Kinesis view of `record`. Origin-less records: shard [`LOCAL_SHARD`], partition key
+    /// [`LOCAL_PARTITION_KEY`], sequence number = the spool record id (increasing in spool
+    /// order, so "lowest failed sequence number" means the same as on a stream), arrival =
+    /// `received_ms`, stream = the sink's name.
+    pub fn new(record: Record, id: &Identity) -> Item {
+        match record.origin.clone() {
+            Some(o) => Item {
+                shard_id: Arc::from(o.shard_id.as_str()),
+                stream_arn: Arc::from(stream_arn(&o, id).as_str()),
+                sequence_number: o.sequence_number.clone(),
+                partition_key: o.partition_key.clone(),
+                arrival_ms: o.arrival_ms,
+                record,
+            },
+            None => Item {
+                shard_id: Arc::from(LOCAL_SHARD),
+                stream_arn: Arc::from(format!("arn:aws:kinesis:{}:{ACCOUNT}:stream/{}", id.region, id.sink).as_str()),
+                sequence_number: record.id.to_string(),
+                partition_key: LOCAL_PARTITION_KEY.to_owned(),
+                arrival_ms: record.received_ms,
+                record,
+            },
+        }
+    }
+
+    /// Rough size of this record in an event, to keep events under 6 MB.
+    pub fn event_bytes(&self) -> usize {
+        self.record.payload.len().div_ceil(3) * 4 + self.partition_key.len() + 2 * self.sequence_number.len() + 400
+    }
+}
+
+fn stream_arn(o: &Origin, id: &Identity) -> String {
+    o.stream_arn.clone().unwrap_or_else(|| format!("arn:aws:kinesis:{}:{ACCOUNT}:stream/{}", id.region, o.stream))
+}
+
+/// The made-up function ARN of a sink.
+pub fn default_function_arn(region: &str, sink: &str) -> String {
+    format!("arn:aws:lambda:{region}:{ACCOUNT}:function:{sink}")
+}
+
+/// One entry of `Records`.
+pub fn record_json(item: &Item, id: &Identity) -> Value {
+    json!({
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": item.partition_key,
+            "sequenceNumber": item.sequence_number,
+            "data": base64::engine::general_purpose::STANDARD.encode(&item.record.payload),
+            "approximateArrivalTimestamp": item.arrival_ms as f64 / 1000.0,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": format!("{}:{}", item.shard_id, item.sequence_number),
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": id.invoke_identity_arn,
+        "awsRegion": id.region,
+        "eventSourceARN": &*item.stream_arn,
+    })
+}
+
+/// The tumbling-window part of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowFields {
+    /// Window start, epoch ms (inclusive).
+    pub start_ms: u64,
+    /// Window end, epoch ms (exclusive).
+    pub end_ms: u64,
+    /// The state the previous invocation of this shard and window returned (`{}` at first).
+    pub state: Value,
+    /// The last invocation of this window: no records, the final state to act on.
+    pub is_final: bool,
+    /// The window ends early because its state grew past 1 MB.
+    pub terminated_early: bool,
+}
+
+/// The whole event for `items` (all of one shard), with the window fields when windows are on.
+/// `shard` and `stream_arn` name the shard also when `items` is empty (a final invoke).
+pub fn event(items: &[Item], id: &Identity, shard: &str, stream_arn: &str, window: Option<&WindowFields>) -> Value {
+    let records: Vec<Value> = items.iter().map(|i| record_json(i, id)).collect();
+    let mut ev = json!({ "Records": records });
+    if let (Some(w), Some(obj)) = (window, ev.as_object_mut()) {
+        obj.insert("window".into(), json!({ "start": iso8601(w.start_ms, false), "end": iso8601(w.end_ms, false) }));
+        obj.insert("state".into(), w.state.clone());
+        obj.insert("shardId".into(), json!(shard));
+        obj.insert("eventSourceARN".into(), json!(stream_arn));
+        obj.insert("isFinalInvokeForWindow".into(), json!(w.is_final));
+        obj.insert("isWindowTerminatedEarly".into(), json!(w.terminated_early));
+    }
+    ev
+}
+
+/// What a successful invocation's answer means for its batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// Index (into the invoked items) of the first record of the lowest failed sequence
+    /// number: everything before it is done. `None`: the whole batch succeeded.
+    pub first_failed: Option<usize>,
+    /// The window state returned (windows only).
+    pub state: Option<Value>,
+}
+
+/// Reads a function's result for `items`. `Err` (a sentence) makes the whole batch a function
+/// error: with `item_failures`, an answer that is not an object or null, a `batchItemFailures`
+/// that is not a list, or an entry without a known `itemIdentifier`; with `windows`, an answer
+/// without `state`.
+pub fn read_answer(result: &Value, items: &[Item], item_failures: bool, windows: bool) -> Result<Answer, String> {
+    let state = if windows {
+        match result.get("state") {
+            Some(s) if !s.is_null() => Some(s.clone()),
+            _ => return Err("a tumbling-window function must answer with a `state`".into()),
+        }
+    } else {
+        None
+    };
+    if !item_failures {
+        return Ok(Answer { first_failed: None, state });
+    }
+    let failures = match result {
+        Value::Null => return Ok(Answer { first_failed: None, state }),
+        Value::Object(o) => match o.get("batchItemFailures") {
+            None | Some(Value::Null) => return Ok(Answer { first_failed: None, state }),
+            Some(Value::Array(list)) => list,
+            Some(_) => return Err("`batchItemFailures` is not a list".into()),
+        },
+        _ => return Err("the answer is neither an object nor null".into()),
+    };
+    // The earliest failed record in batch order: on a stream that is the lowest sequence
+    // number; on the pseudo-shard, whose record ids of two inputs interleave, it still means
+    // "nothing before it failed".
+    let mut first_failed: Option<usize> = None;
+    for entry in failures {
+        let Some(seq) = entry.get("itemIdentifier").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+            return Err(format!("batchItemFailures entry {entry} has no `itemIdentifier`"));
+        };
+        let Some(at) = items.iter().position(|i| i.sequence_number == seq) else {
+            return Err(format!("batchItemFailures names {seq:?}, which is not in the batch"));
+        };
+        first_failed = Some(first_failed.map_or(at, |f| f.min(at)));
+    }
+    Ok(Answer { first_failed, state })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.mmm]Z` for epoch ms.
+pub fn iso8601(ms: u64, millis: bool) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let sod = secs % 86_400;
+    let (h, mi, s) = (sod / 3600, sod / 60 % 60, sod % 60);
+    if millis {
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", ms % 1000)
+    } else {
+        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            sink: "fn".into(),
+            region: "eu-west-1".into(),
+            invoke_identity_arn: "arn:aws:iam::000000000000:role/r".into(),
+            function_arn: default_function_arn("eu-west-1", "fn"),
+        }
+    }
+
+    fn item(seq: &str, origin: bool) -> Item {
+        let origin = origin.then(|| {
+            Arc::new(Origin {
+                stream: "race".into(),
+                stream_arn: None,
+                shard_id: "shardId-000000000002".into(),
+                sequence_number: seq.into(),
+                sub_sequence_number: 0,
+                aggregated: false,
+                partition_key: "k1".into(),
+                explicit_hash_key: None,
+                arrival_ms: 1_701_760_153_593,
+            })
+        });
+        Item::new(Record { id: 7, payload: "Hello".into(), received_ms: 1_000, origin }, &identity())
+    }
+
+    #[test]
+    fn records_carry_lambdas_fields() {
+        let id = identity();
+        let v = record_json(&item("495903", true), &id);
+        assert_eq!(v["kinesis"]["data"], "SGVsbG8=");
+        assert_eq!(v["kinesis"]["approximateArrivalTimestamp"], 1_701_760_153.593);
+        assert_eq!(v["eventID"], "shardId-000000000002:495903");
+        assert_eq!(v["eventSourceARN"], "arn:aws:kinesis:eu-west-1:000000000000:stream/race");
+        let local = record_json(&item("", false), &id);
+        assert_eq!(local["eventID"], "shardId-local:7");
+        assert_eq!(local["kinesis"]["partitionKey"], "local");
+        assert_eq!(local["eventSourceARN"], "arn:aws:kinesis:eu-west-1:000000000000:stream/fn");
+    }
+
+    #[test]
+    fn window_events_name_the_shard_even_without_records() {
+        let w = WindowFields { start_ms: 0, end_ms: 10_000, state: json!({}), is_final: true, terminated_early: false };
+        let v = event(&[], &identity(), "shardId-1", "arn:s", Some(&w));
+        assert_eq!(v["Records"], json!([]));
+        assert_eq!(v["window"], json!({"start": "1970-01-01T00:00:00Z", "end": "1970-01-01T00:00:10Z"}));
+        assert_eq!((v["shardId"].as_str(), v["isFinalInvokeForWindow"].as_bool()), (Some("shardId-1"), Some(true)));
+        assert!(event(&[], &identity(), "s", "a", None).get("window").is_none());
+    }
+
+    #[test]
+    fn item_failures_retry_from_the_lowest_sequence_number() {
+        let items: Vec<Item> = ["100", "200", "200", "300", "1000"].iter().map(|s| item(s, true)).collect();
+        let answer = |v: Value| read_answer(&v, &items, true, false);
+        assert_eq!(
+            answer(json!({"batchItemFailures": [{"itemIdentifier": "1000"}, {"itemIdentifier": "200"}]}))
+                .map(|a| a.first_failed),
+            Ok(Some(1))
+        );
+        for ok in [json!(null), json!({}), json!({"batchItemFailures": null}), json!({"batchItemFailures": []})] {
+            assert_eq!(answer(ok).map(|a| a.first_failed), Ok(None));
+        }
+        for bad in [
+            json!("ok"),
+            json!({"batchItemFailures": {}}),
+            json!({"batchItemFailures": [{"itemIdentifier": ""}]}),
+            json!({"batchItemFailures": [{"itemIdentifier": null}]}),
+            json!({"batchItemFailures": [{"itemIdentfier": "100"}]}),
+            json!({"batchItemFailures": [{"itemIdentifier": "999"}]}),
+        ] {
+            assert!(answer(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(read_answer(&json!("anything"), &items, false, false).is_ok(), "ignored without the response type");
+        assert!(read_answer(&json!({}), &items, false, true).is_err(), "windows need a state");
+    }
+
+    #[test]
+    fn iso_times() {
+        assert_eq!(iso8601(1_709_210_096_789, true), "2024-02-29T12:34:56.789Z");
+        assert_eq!(iso8601(1_709_210_096_789, false), "2024-02-29T12:34:56Z");
+    }
+}
