@@ -149,3 +149,66 @@ def test_tumbling_windows_over_the_embedded_stream_match_the_streams_own_arrival
     assert sum(c for _, c in want.values()) == feed.total
     assert got == dict(want), "final window states equal the sums over the stream's records"
     assert len(got) >= 4, f"the feed spans several windows and both shards: {sorted(got)}"
+
+
+TRANSFORM = r'''
+import base64, json, sys
+for line in sys.stdin:
+    event = json.loads(line)
+    assert event["deliveryStreamArn"].startswith("arn:aws:firehose:") and event["invocationId"], event
+    out = []
+    for r in event["records"]:
+        msg = json.loads(base64.b64decode(r["data"]))
+        s = msg["seq"]
+        if s % 10 == 0:
+            out.append({"recordId": r["recordId"], "result": "Dropped"})
+        elif s % 50 == 7:
+            out.append({"recordId": r["recordId"], "result": "ProcessingFailed"})
+        else:
+            msg["fast"] = msg["speed_kph"] > 35
+            out.append({"recordId": r["recordId"], "result": "Ok",
+                        "data": base64.b64encode(json.dumps(msg).encode()).decode()})
+    print(json.dumps({"result": {"records": out}}), flush=True)
+'''
+
+
+def test_a_transforming_handler_feeds_another_sink_like_firehose(tmp_path, ws_feed_factory, pipeline_factory):
+    """feed -> handler (transform = true: enrich, drop every 10th, fail 7 mod 50) -> file sink
+    reading the handler's output, across a restart."""
+    feed = Feed(total=600, rate=600)
+    provider = ws_feed_factory(feed)
+    script = tmp_path / "enrich.py"
+    script.write_text(TRANSFORM)
+    data_dir = tmp_path / "data"
+    sinks = "\n".join([
+        "[sinks.enrich]", 'type = "handler"', 'inputs = ["feed"]', "transform = true",
+        f'command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}]',
+        "batch_size = 50", 'maximum_batching_window = "50ms"',
+        "", "[sinks.out]", 'type = "file"', 'inputs = ["enrich"]', 'path = "out"',
+    ]) + "\n"
+    text = pipeline_toml(data_dir, ws_source_toml("feed", provider.url, resume_url=provider.url + "?after={cursor}"),
+                         sinks, embedded=False)
+    run = pipeline_factory(text, name="transform", expect_embedded=False)
+    wait_for(lambda: run.sink("enrich")["delivered"] >= 200, 30, "a third of the feed transformed")
+    run.restart(expect_embedded=False)
+    kept = [s for s in range(1, feed.total + 1) if s % 10 and s % 50 != 7]
+    failed = [s for s in range(1, feed.total + 1) if s % 50 == 7]
+
+    def lines():
+        out = []
+        for p in sorted((data_dir / "out").glob("*.ndjson*")):
+            out += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        return out
+
+    wait_for(lambda: len({m["seq"] for m in lines()}) >= len(kept), 60, "every kept record in the file sink")
+    run.stop()
+    got = lines()
+    seqs = [m["seq"] for m in got]
+    assert sorted(set(seqs)) == kept, "exactly the records the transform kept reach the next sink"
+    assert all(m["fast"] == (m["speed_kph"] > 35) for m in got), "the file holds the transformed records"
+    dups = len(seqs) - len(set(seqs))
+    dead = [json.loads(line) for line in (data_dir / "dead-letter" / "enrich.ndjson").read_text().splitlines()]
+    assert sorted({json.loads(base64.b64decode(d["payload_base64"]))["seq"] for d in dead}) == failed
+    assert all(d["reason"] == "processing_failed" for d in dead)
+    print(f"transform: {len(kept)} kept, {feed.total // 10} dropped, {len(failed)} failed; "
+          f"{dups} lines written twice across the restart")

@@ -243,7 +243,49 @@ pub struct SinkContext {
     pub dead_letters: DeadLetters,
     /// Becomes true when the pipeline stops.
     pub shutdown: watch::Receiver<bool>,
+    /// For a sink whose output other sinks read (a transforming `handler`): where its events
+    /// go. `None` for every other sink.
+    pub output: Option<Output>,
 }
+
+/// Where a sink that produces events (a transforming `handler`) sends them: they are spooled
+/// under the sink's name, and sinks naming it in `inputs` read them like a source's events.
+/// Cheap to clone; every clone feeds the same spool stream, in the order of `emit` calls.
+#[derive(Clone)]
+pub struct Output {
+    tx: mpsc::Sender<Event>,
+    spooled: watch::Receiver<u64>,
+    sent: Arc<tokio::sync::Mutex<u64>>,
+}
+
+impl Output {
+    /// An output feeding `tx`, whose writer counts what it spooled (since this start) on
+    /// `spooled`.
+    pub fn new(tx: mpsc::Sender<Event>, spooled: watch::Receiver<u64>) -> Output {
+        Output { tx, spooled, sent: Arc::new(tokio::sync::Mutex::new(0)) }
+    }
+
+    /// Sends `events` and returns once the spool holds them durably, so the records they came
+    /// from may be acknowledged. `Err` when the pipeline is stopping (nothing may be
+    /// acknowledged then; the inputs are delivered again after a restart).
+    pub async fn emit(&self, events: Vec<Event>) -> Result<(), OutputClosed> {
+        let target = {
+            let mut sent = self.sent.lock().await;
+            for e in events {
+                self.tx.send(e).await.map_err(|_| OutputClosed)?;
+                *sent += 1;
+            }
+            *sent
+        };
+        let mut spooled = self.spooled.clone();
+        spooled.wait_for(|n| *n >= target).await.map(|_| ()).map_err(|_| OutputClosed)
+    }
+}
+
+/// The pipeline stopped before an [`Output`] took the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline is stopping: the output takes no more events")]
+pub struct OutputClosed;
 
 /// A destination (Kinesis, files, stdout …).
 pub trait Sink: Send {

@@ -213,6 +213,11 @@ pub struct PipelineConfig {
     pub sinks: Vec<ComponentConfig>,
 }
 
+/// A `handler` sink with `transform = true`: its answers are events other sinks can read.
+fn is_transform(c: &ComponentConfig) -> bool {
+    c.kind == "handler" && c.options.get("transform").and_then(toml::Value::as_bool) == Some(true)
+}
+
 /// Line and column (1-based) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -440,14 +445,77 @@ impl PipelineConfig {
                 return Err(self.error_at(sink, "sinks", Some("inputs"), "needs at least one input".into()));
             }
             for input in &sink.inputs {
-                if !self.sources.iter().any(|s| &s.name == input) {
-                    let known: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
-                    return Err(self.error_at(
-                        sink,
-                        "sinks",
-                        Some("inputs"),
-                        format!("unknown input {input:?}; sources are {known:?}"),
-                    ));
+                if self.sources.iter().any(|s| &s.name == input) {
+                    continue;
+                }
+                match self.sinks.iter().find(|s| &s.name == input) {
+                    Some(other) if other.name == sink.name => {
+                        return Err(self.error_at(
+                            sink,
+                            "sinks",
+                            Some("inputs"),
+                            "a sink cannot read its own output".into(),
+                        ));
+                    }
+                    Some(other) if is_transform(other) => {}
+                    Some(other) => {
+                        return Err(self.error_at(
+                            sink,
+                            "sinks",
+                            Some("inputs"),
+                            format!(
+                                "input {input:?} is a sink that produces nothing; only a `handler` sink with \
+                                 `transform = true` can feed other sinks (`{}`)",
+                                other.kind
+                            ),
+                        ));
+                    }
+                    None => {
+                        let known: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
+                        return Err(self.error_at(
+                            sink,
+                            "sinks",
+                            Some("inputs"),
+                            format!("unknown input {input:?}; sources are {known:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        for sink in self.sinks.iter().filter(|s| is_transform(s)) {
+            if self.sources.iter().any(|s| s.name == sink.name) {
+                return Err(self.error_at(
+                    sink,
+                    "sinks",
+                    None,
+                    format!("a transforming sink needs a name no source has ({:?} is a source too)", sink.name),
+                ));
+            }
+            if !self.sinks.iter().any(|r| r.inputs.contains(&sink.name)) {
+                return Err(self.error_at(
+                    sink,
+                    "sinks",
+                    Some("transform"),
+                    format!("no sink reads its output: name {:?} in some sink's `inputs`", sink.name),
+                ));
+            }
+            // Transforms feeding transforms must not loop back.
+            let mut path = vec![sink.name.as_str()];
+            let mut frontier = vec![sink.name.as_str()];
+            while let Some(at) = frontier.pop() {
+                for reader in self.sinks.iter().filter(|r| r.inputs.iter().any(|i| i == at)) {
+                    if reader.name == sink.name {
+                        return Err(self.error_at(
+                            sink,
+                            "sinks",
+                            Some("inputs"),
+                            format!("sinks feed each other in a loop through {:?}", sink.name),
+                        ));
+                    }
+                    if !path.contains(&reader.name.as_str()) {
+                        path.push(&reader.name);
+                        frontier.push(&reader.name);
+                    }
                 }
             }
         }
@@ -550,6 +618,33 @@ inputs = ["race"]
         let text = GOOD.replace("inputs = [\"race\"]", "inputs = [\"rcae\"]");
         let e = PipelineConfig::parse("p.toml", &text, &env).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.starts_with("p.toml:11:1: sinks.out.inputs: unknown input \"rcae\""), "{e}");
+    }
+
+    #[test]
+    fn sinks_read_transforming_handlers_only_without_loops() {
+        let handler = |name: &str, inputs: &str, transform: bool| {
+            format!(
+                "\n[sinks.{name}]\ntype = \"handler\"\ninputs = {inputs}\ncommand = [\"x\"]\ntransform = {transform}\n"
+            )
+        };
+        let ok = format!(
+            "{}{}",
+            GOOD.replace("inputs = [\"race\"]", "inputs = [\"enrich\"]"),
+            handler("enrich", "[\"race\"]", true)
+        );
+        let c = PipelineConfig::parse("p.toml", &ok, &env).unwrap_or_else(|e| panic!("{e}\n{ok}"));
+        let out = c.sinks.iter().find(|s| s.name == "out").map(|s| s.inputs.clone());
+        assert_eq!(out, Some(vec!["enrich".to_owned()]));
+        let cases = [
+            (format!("{GOOD}{}", handler("enrich", "[\"race\"]", true)), "no sink reads its output"),
+            (format!("{GOOD}{}", handler("enrich", "[\"out\"]", false)), "produces nothing"),
+            (format!("{GOOD}{}", handler("enrich", "[\"enrich\"]", true)), "its own output"),
+            (format!("{GOOD}{}{}", handler("a", "[\"b\"]", true), handler("b", "[\"a\"]", true)), "in a loop"),
+        ];
+        for (text, want) in cases {
+            let e = PipelineConfig::parse("p.toml", &text, &env).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "{want}: {e}\n{text}");
+        }
     }
 
     #[test]

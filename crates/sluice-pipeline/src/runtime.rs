@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
-use sluice_flow::{Ack, Alarms, DeadLetters, Event, Record, Sink, SinkContext, Source, SourceContext, SourceReport};
+use sluice_flow::{
+    Ack, Alarms, DeadLetters, Event, Output, Record, Sink, SinkContext, Source, SourceContext, SourceReport,
+};
 use sluice_storage::StorageError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -190,7 +192,11 @@ pub fn start(
     sources: Vec<(String, Box<dyn Source>)>,
     sinks: Vec<SinkSpec>,
 ) -> Result<Running, StorageError> {
-    let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
+    // Sinks other sinks read (transforming handlers): their events are spooled under their
+    // name, like a source's.
+    let outputs: Vec<String> =
+        sinks.iter().filter(|s| sinks.iter().any(|r| r.inputs.contains(&s.name))).map(|s| s.name.clone()).collect();
+    let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).chain(outputs.iter().cloned()).collect();
     let spool = Spool::open(&opts.data_dir.join("spool"), &opts.spool, &names)?;
     let dead_dir = opts.data_dir.join("dead-letter");
     let state_dir = opts.data_dir.join("state");
@@ -256,6 +262,21 @@ pub fn start(
         tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone(), alarms, spooled_tx)));
     }
 
+    let mut sink_outputs: BTreeMap<String, (Output, JoinHandle<()>)> = BTreeMap::new();
+    for name in &outputs {
+        let next = spool.next_ordinal(name)?;
+        gauge!("sluice_pipeline_spool_last_ordinal", "source" => name.clone()).set(next.saturating_sub(1) as f64);
+        gauge!("sluice_pipeline_spool_first_ordinal", "source" => name.clone()).set(spool.first_ordinal(name)? as f64);
+        let alarms = Alarms::default();
+        boards.push((name.clone(), alarms.clone()));
+        lock(&status).sources.insert(name.clone(), SourceStatus { spool_next: next, ..SourceStatus::default() });
+        let (tx, rx) = mpsc::channel::<Event>(8192);
+        let (spooled_tx, spooled_rx) = watch::channel(0u64);
+        // Ends when the sink drops its output (it stops), not with the sources.
+        let writer = tokio::spawn(spool_writer(spool.clone(), name.clone(), rx, status.clone(), alarms, spooled_tx));
+        sink_outputs.insert(name.clone(), (Output::new(tx, spooled_rx), writer));
+    }
+
     let mut sink_tasks = Vec::new();
     for spec in sinks {
         let state =
@@ -312,12 +333,14 @@ pub fn start(
         lock(&status).sinks.insert(spec.name.clone(), sink_status);
         drop(rec_tx);
         drop(skip_tx);
+        let (output, output_writer) = sink_outputs.remove(&spec.name).unzip();
         let ctx = SinkContext {
             name: spec.name.clone(),
             records: rec_rx,
             acks: ack_tx,
             dead_letters: DeadLetters::new(&dead_dir, &spec.name),
             shutdown: shutdown_rx.clone(),
+            output,
         };
         let sink_name = spec.name.clone();
         let sink = spec.sink;
@@ -327,6 +350,7 @@ pub fn start(
             }
         });
         sink_tasks.push(run);
+        sink_tasks.extend(output_writer);
         sink_tasks.push(tokio::spawn(ack_collector(
             spec.name,
             marks,

@@ -101,6 +101,7 @@ mod tests {
             acks: ack_tx,
             dead_letters: DeadLetters::new(dir.path(), "out"),
             shutdown: stop_rx,
+            output: None,
         };
         let task = tokio::spawn(sink.run(ctx));
         for (id, p) in [(1, &b"{\"a\":1}"[..]), (2, b"text")] {

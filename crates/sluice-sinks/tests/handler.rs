@@ -121,6 +121,7 @@ async fn run_sink(name: &str, config: &str, records: Vec<Record>, data_dir: &Pat
         acks: ack_tx,
         dead_letters: DeadLetters::new(data_dir, name),
         shutdown: stop_rx,
+        output: None,
     };
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(60), sink.run(ctx))
@@ -617,6 +618,7 @@ main(handle)
         acks: ack_tx,
         dead_letters: DeadLetters::new(fx.dir.path(), "stopped"),
         shutdown: stop_rx,
+        output: None,
     };
     let task = tokio::spawn(sink.run(ctx));
     tx.send(stream_record(0, 0, &seq(0), "k", sluice_flow::now_ms(), serde_json::json!({}))).await.expect("send");

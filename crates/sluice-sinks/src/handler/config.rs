@@ -95,6 +95,12 @@ pub struct HandlerConfig {
     /// lengths are allowed (Lambda counts whole seconds).
     #[serde(default, with = "sluice_core::duration")]
     pub tumbling_window: Duration,
+    /// Firehose-style record transformation: the function gets Firehose's transformation event
+    /// and answers `{"records":[{"recordId","result":"Ok"|"Dropped"|"ProcessingFailed",
+    /// "data"}]}`; the `Ok` records' `data` become events that sinks naming this sink in
+    /// `inputs` read. Default false. Not with `tumbling_window` or `function_response_types`.
+    #[serde(default)]
+    pub transform: bool,
     /// `awsRegion` of every event record and the region of made-up ARNs. Default `us-east-1`.
     #[serde(default = "default_region")]
     pub aws_region: String,
@@ -193,6 +199,9 @@ impl HandlerConfig {
         }
         if !self.tumbling_window.is_zero() && self.parallelization_factor != 1 {
             return Err("`tumbling_window` needs `parallelization_factor = 1`".into());
+        }
+        if self.transform && (!self.tumbling_window.is_zero() || self.reports_item_failures()) {
+            return Err("`transform` does not combine with `tumbling_window` or `function_response_types`".into());
         }
         if let Some(d) = &self.destination_on_failure {
             if d.starts_with("sink:") {

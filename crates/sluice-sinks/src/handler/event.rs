@@ -138,6 +138,93 @@ pub fn event(items: &[Item], id: &Identity, shard: &str, stream_arn: &str, windo
     ev
 }
 
+/// Firehose's transformation event for `items` (one shard).
+pub fn transform_event(items: &[Item], id: &Identity, invocation_id: &str) -> Value {
+    let records: Vec<Value> = items
+        .iter()
+        .map(|i| {
+            let mut r = json!({
+                "recordId": i.record.id.to_string(),
+                "approximateArrivalTimestamp": i.arrival_ms,
+                "data": base64::engine::general_purpose::STANDARD.encode(&i.record.payload),
+            });
+            if let (Some(o), Some(map)) = (&i.record.origin, r.as_object_mut()) {
+                map.insert(
+                    "kinesisRecordMetadata".into(),
+                    json!({
+                        "shardId": o.shard_id,
+                        "partitionKey": o.partition_key,
+                        "approximateArrivalTimestamp": o.arrival_ms,
+                        "sequenceNumber": o.sequence_number,
+                        "subsequenceNumber": o.sub_sequence_number.to_string(),
+                    }),
+                );
+            }
+            r
+        })
+        .collect();
+    let mut ev = json!({
+        "invocationId": invocation_id,
+        "deliveryStreamArn": format!("arn:aws:firehose:{}:{ACCOUNT}:deliverystream/{}", id.region, id.sink),
+        "region": id.region,
+        "records": records,
+    });
+    if let (Some(first), Some(map)) = (items.first(), ev.as_object_mut())
+        && first.record.origin.is_some()
+    {
+        map.insert("sourceKinesisStreamArn".into(), json!(&*first.stream_arn));
+    }
+    ev
+}
+
+/// What a transformation answered for one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transformed {
+    /// The record's new payload.
+    Ok(bytes::Bytes),
+    /// Deliberately left out.
+    Dropped,
+    /// The function could not transform it.
+    Failed,
+}
+
+/// Reads a transformation answer: one entry per item, in item order. `Err` (a sentence) when
+/// the answer does not name every record exactly once with a valid result.
+pub fn read_transform(result: &Value, items: &[Item]) -> Result<Vec<Transformed>, String> {
+    let Some(records) = result.get("records").and_then(Value::as_array) else {
+        return Err("a transformation must answer `{\"records\": [...]}`".into());
+    };
+    if records.len() != items.len() {
+        return Err(format!("{} records answered for {} sent", records.len(), items.len()));
+    }
+    let mut out: Vec<Option<Transformed>> = vec![None; items.len()];
+    for r in records {
+        let Some(id) = r.get("recordId").and_then(Value::as_str) else {
+            return Err(format!("answer record {r} has no `recordId`"));
+        };
+        let Some(at) = items.iter().position(|i| i.record.id.to_string() == id) else {
+            return Err(format!("answer names recordId {id:?}, which was not sent"));
+        };
+        if out[at].is_some() {
+            return Err(format!("answer names recordId {id:?} twice"));
+        }
+        out[at] = Some(match r.get("result").and_then(Value::as_str) {
+            Some("Ok") => {
+                let data =
+                    r.get("data").and_then(Value::as_str).ok_or_else(|| format!("record {id}: `Ok` without `data`"))?;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .map_err(|e| format!("record {id}: `data` is not base64: {e}"))?;
+                Transformed::Ok(bytes::Bytes::from(bytes))
+            }
+            Some("Dropped") => Transformed::Dropped,
+            Some("ProcessingFailed") => Transformed::Failed,
+            other => return Err(format!("record {id}: result {other:?} is not Ok, Dropped or ProcessingFailed")),
+        });
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
 /// What a successful invocation's answer means for its batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -146,6 +233,8 @@ pub struct Answer {
     pub first_failed: Option<usize>,
     /// The window state returned (windows only).
     pub state: Option<Value>,
+    /// Per record, what a transformation answered (`transform` only).
+    pub transformed: Option<Vec<Transformed>>,
 }
 
 /// Reads a function's result for `items`. `Err` (a sentence) makes the whole batch a function
@@ -162,12 +251,12 @@ pub fn read_answer(result: &Value, items: &[Item], item_failures: bool, windows:
         None
     };
     if !item_failures {
-        return Ok(Answer { first_failed: None, state });
+        return Ok(Answer { first_failed: None, state, transformed: None });
     }
     let failures = match result {
-        Value::Null => return Ok(Answer { first_failed: None, state }),
+        Value::Null => return Ok(Answer { first_failed: None, state, transformed: None }),
         Value::Object(o) => match o.get("batchItemFailures") {
-            None | Some(Value::Null) => return Ok(Answer { first_failed: None, state }),
+            None | Some(Value::Null) => return Ok(Answer { first_failed: None, state, transformed: None }),
             Some(Value::Array(list)) => list,
             Some(_) => return Err("`batchItemFailures` is not a list".into()),
         },
@@ -186,7 +275,7 @@ pub fn read_answer(result: &Value, items: &[Item], item_failures: bool, windows:
         };
         first_failed = Some(first_failed.map_or(at, |f| f.min(at)));
     }
-    Ok(Answer { first_failed, state })
+    Ok(Answer { first_failed, state, transformed: None })
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.mmm]Z` for epoch ms.
@@ -293,6 +382,53 @@ mod tests {
         }
         assert!(read_answer(&json!("anything"), &items, false, false).is_ok(), "ignored without the response type");
         assert!(read_answer(&json!({}), &items, false, true).is_err(), "windows need a state");
+    }
+
+    #[test]
+    fn transformations_get_firehoses_event_and_must_answer_every_record_once() {
+        let mut second = item("2", true);
+        second.record.id = 8;
+        let items = [item("49590338271490256608559692538361571095921575989136588898", true), second];
+        let ev = transform_event(&items, &identity(), "inv-1");
+        assert_eq!(ev["invocationId"], "inv-1");
+        assert_eq!(ev["deliveryStreamArn"], "arn:aws:firehose:eu-west-1:000000000000:deliverystream/fn");
+        let r0 = &ev["records"][0];
+        assert_eq!(r0["recordId"], items[0].record.id.to_string());
+        assert_eq!(r0["approximateArrivalTimestamp"], 1_701_760_153_593u64);
+        assert_eq!(r0["kinesisRecordMetadata"]["shardId"], "shardId-000000000002");
+        assert_eq!(r0["kinesisRecordMetadata"]["subsequenceNumber"], "0");
+        let id = |i: usize| items[i].record.id.to_string();
+        let ok = json!({"records": [
+            {"recordId": id(1), "result": "Dropped"},
+            {"recordId": id(0), "result": "Ok", "data": "eyJhIjoxfQ=="},
+        ]});
+        assert_eq!(
+            read_transform(&ok, &items),
+            Ok(vec![Transformed::Ok(bytes::Bytes::from_static(b"{\"a\":1}")), Transformed::Dropped])
+        );
+        for (bad, want) in [
+            (json!({"records": [{"recordId": id(0), "result": "Dropped"}]}), "1 records answered for 2"),
+            (
+                json!({"records": [{"recordId": id(0), "result": "Dropped"}, {"recordId": id(0), "result": "Dropped"}]}),
+                "twice",
+            ),
+            (
+                json!({"records": [{"recordId": id(0), "result": "Ok"}, {"recordId": id(1), "result": "Dropped"}]}),
+                "without `data`",
+            ),
+            (
+                json!({"records": [{"recordId": id(0), "result": "Maybe"}, {"recordId": id(1), "result": "Dropped"}]}),
+                "is not Ok",
+            ),
+            (
+                json!({"records": [{"recordId": "nope", "result": "Dropped"}, {"recordId": id(1), "result": "Dropped"}]}),
+                "not sent",
+            ),
+            (json!(null), "must answer"),
+        ] {
+            let e = read_transform(&bad, &items).expect_err(want);
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     #[test]

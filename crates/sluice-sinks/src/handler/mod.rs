@@ -68,6 +68,20 @@
 //! as dead-lettered. Delivery is at least once: records invoked when the pipeline stops are
 //! invoked again after a restart, and window state is kept in memory only.
 //!
+//! **Transformation** (`transform = true`, Firehose's record transformation): the function gets
+//! Firehose's event, `{"invocationId","deliveryStreamArn","region","sourceKinesisStreamArn"
+//! (records from a stream),"records":[{"recordId","approximateArrivalTimestamp" (epoch ms),
+//! "data" (base64),"kinesisRecordMetadata":{"shardId","partitionKey","approximateArrivalTimestamp",
+//! "sequenceNumber","subsequenceNumber"} (from a stream)}]}`, and must answer
+//! `{"records":[{"recordId","result","data"}]}` naming every record of the event once, with
+//! `result` `Ok` (`data`, base64, is the transformed record), `Dropped` or `ProcessingFailed`;
+//! anything else is a function error (the batch is retried per the options, as Firehose
+//! treats a malformed answer). `Ok` records become events of this sink's output, spooled under
+//! the sink's name (keeping the input's origin and receive time) before the inputs are
+//! acknowledged, so a crash never loses a transformed record (one may be produced twice).
+//! `Dropped` records are acknowledged and counted; `ProcessingFailed` ones go to the
+//! dead-letter file (reason `processing_failed`) and are acknowledged as dead-lettered.
+//!
 //! **Windows** (see [`window`]): fixed windows of the arrival time; a final invocation per
 //! window and shard with no records and the last state, when a later window's record comes,
 //! the input ends, or when 1 s passed both since the window's end and since the lane's last
@@ -150,6 +164,7 @@ impl Sink for HandlerSink {
             failures,
             acks: ctx.acks.clone(),
             dead_letters: ctx.dead_letters.clone(),
+            output: ctx.output.clone(),
         };
         Box::pin(sink::run(shared, ctx))
     }

@@ -7,12 +7,12 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_flow::{Ack, DeadLetters, FlowError, SinkContext};
+use sluice_flow::{Ack, DeadLetters, Event, FlowError, Output, SinkContext};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::config::{HandlerConfig, MAX_EVENT_BYTES};
-use super::event::{self, Identity, Item, WindowFields};
+use super::event::{self, Identity, Item, Transformed, WindowFields};
 use super::function::Function;
 use super::on_failure::{self, FailureFile};
 use super::retry::{BatchPlan, Condition, Next, Outcome, Settled, backoff_ms};
@@ -31,6 +31,8 @@ pub(super) struct Shared {
     pub failures: Option<FailureFile>,
     pub acks: mpsc::UnboundedSender<Ack>,
     pub dead_letters: DeadLetters,
+    /// Where a transformation's `Ok` records go (`transform` only).
+    pub output: Option<Output>,
 }
 
 /// Records queued per lane before the router waits (bounded memory when a shard is stuck).
@@ -201,14 +203,16 @@ async fn work_batch(shared: &Shared, shard: &str, batch: &[Item], mut window: Op
                 continue;
             }
         }
-        let items = &batch[range];
+        let items = &batch[range.clone()];
         let fields = window.as_deref().and_then(ShardWindow::fields);
+        let mut transformed = None;
         let outcome = match invoke(shared, shard, &stream_arn, items, fields.as_ref()).await {
             Err(message) => {
                 tracing::warn!(sink = %shared.name, shard, records = items.len(), first = %items[0].sequence_number, error = %message, "function error");
                 Outcome::Failed
             }
             Ok(answer) => {
+                transformed = answer.transformed.map(|t| (range.clone(), t));
                 if let (Some(w), Some(state)) = (window.as_deref_mut(), answer.state)
                     && let Some(early) = w.update(state)
                 {
@@ -225,7 +229,14 @@ async fn work_batch(shared: &Shared, shard: &str, batch: &[Item], mut window: Op
         };
         let (settled, next) = plan.record(outcome);
         for s in settled {
-            settle(shared, batch, s).await;
+            match (&s, transformed.take()) {
+                (Settled::Delivered(done), Some((invoked, results))) if *done == invoked => {
+                    if !settle_transformed(shared, &batch[invoked], results).await {
+                        return; // stopping: nothing more is acknowledged
+                    }
+                }
+                _ => settle(shared, batch, s).await,
+            }
         }
         match next {
             Next::Fresh => retry_in_row = 0,
@@ -251,7 +262,11 @@ async fn invoke(
     window: Option<&WindowFields>,
 ) -> Result<event::Answer, String> {
     let cfg = &shared.cfg;
-    let ev = event::event(items, &shared.id, shard, stream_arn, window);
+    let ev = if cfg.transform {
+        event::transform_event(items, &shared.id, &uuid::Uuid::new_v4().to_string())
+    } else {
+        event::event(items, &shared.id, shard, stream_arn, window)
+    };
     let body = serde_json::to_vec(&ev).map_err(|e| e.to_string())?;
     metrics::counter!("sluice_handler_invocations_total", "sink" => shared.name.clone()).increment(1);
     let started = Instant::now();
@@ -266,6 +281,13 @@ async fn invoke(
             error(e.kind());
             Err(e.to_string())
         }
+        Ok(value) if cfg.transform => match event::read_transform(&value, items) {
+            Ok(t) => Ok(event::Answer { first_failed: None, state: None, transformed: Some(t) }),
+            Err(m) => {
+                error("invalid_response");
+                Err(format!("invalid answer: {m}"))
+            }
+        },
         Ok(value) => event::read_answer(&value, items, cfg.reports_item_failures(), window.is_some()).map_err(|m| {
             error("invalid_response");
             format!("invalid answer: {m}")
@@ -302,6 +324,71 @@ async fn final_invoke(shared: &Shared, shard: &str, stream_arn: &str, fields: Wi
         tracing::warn!(sink = %shared.name, shard, %error, "final window invocation failed; retrying");
         tokio::time::sleep(Duration::from_millis(backoff_ms(retries))).await;
     }
+}
+
+/// Settles a transformed batch: the `Ok` records' new payloads are spooled as this sink's
+/// output first, then the inputs are acknowledged (`Ok` and `Dropped` as delivered,
+/// `ProcessingFailed` dead-lettered). False when the pipeline stopped before the output took
+/// them (nothing is acknowledged then).
+async fn settle_transformed(shared: &Shared, items: &[Item], results: Vec<Transformed>) -> bool {
+    let count = |outcome: &'static str, n: usize| {
+        metrics::counter!("sluice_handler_records_total", "sink" => shared.name.clone(), "outcome" => outcome)
+            .increment(n as u64);
+    };
+    let mut events = Vec::new();
+    let (mut delivered, mut failed) = (Vec::new(), Vec::new());
+    let mut dropped = 0;
+    for (item, result) in items.iter().zip(results) {
+        match result {
+            Transformed::Ok(payload) => {
+                events.push(Event {
+                    payload,
+                    cursor: None,
+                    received_ms: item.record.received_ms,
+                    origin: item.record.origin.clone(),
+                });
+                delivered.push(item.record.id);
+            }
+            Transformed::Dropped => {
+                dropped += 1;
+                delivered.push(item.record.id);
+            }
+            Transformed::Failed => failed.push(item),
+        }
+    }
+    let produced = events.len();
+    if !events.is_empty() {
+        let Some(output) = &shared.output else {
+            // The pipeline file check makes every transform read by some sink.
+            tracing::error!(sink = %shared.name, records = produced, "no sink reads this transform's output; its records are not acknowledged");
+            return false;
+        };
+        if output.emit(events).await.is_err() {
+            return false;
+        }
+    }
+    count("transformed", produced);
+    count("dropped", dropped);
+    count("processing_failed", failed.len());
+    if !failed.is_empty() {
+        tracing::warn!(sink = %shared.name, records = failed.len(), first = %failed[0].sequence_number, "records the transformation could not process (ProcessingFailed)");
+        let dead = shared.dead_letters.clone();
+        let payloads: Vec<(String, bytes::Bytes)> = failed
+            .iter()
+            .map(|i| (format!("{}:{}", i.shard_id, i.sequence_number), i.record.payload.clone()))
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for (event_id, payload) in payloads {
+                dead.write("processing_failed", &event_id, &payload);
+            }
+        })
+        .await;
+        let _ = shared.acks.send(Ack::DeadLettered(failed.iter().map(|i| i.record.id).collect()));
+    }
+    if !delivered.is_empty() {
+        let _ = shared.acks.send(Ack::Delivered(delivered));
+    }
+    true
 }
 
 /// Acknowledges settled records: delivered, or described at the on-failure destination, written

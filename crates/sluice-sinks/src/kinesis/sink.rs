@@ -61,7 +61,7 @@ type Done = (Batch, Result<Vec<EntryResult>, CallError>, Duration);
 
 async fn run(sink: KinesisSink, ctx: SinkContext) -> Result<(), FlowError> {
     let KinesisSink { name, config, spec, backend } = sink;
-    let SinkContext { name: _, records, acks, dead_letters, shutdown } = ctx;
+    let SinkContext { records, acks, dead_letters, shutdown, .. } = ctx;
     let stats = Stats::new(&name);
     let stop = stopped(shutdown.clone());
     tokio::pin!(stop);

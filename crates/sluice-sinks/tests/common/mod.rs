@@ -190,6 +190,7 @@ impl Harness {
             acks: ack_tx,
             dead_letters: DeadLetters::new(dead_dir, name),
             shutdown: stop_rx,
+            output: None,
         };
         let task = tokio::spawn(sink.run(ctx));
         Harness { records: Some(tx), acks: ack_rx, stop: stop_tx, task, outcome: Outcome::default() }
