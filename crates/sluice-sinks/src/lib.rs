@@ -34,6 +34,7 @@ pub mod kinesis;
 mod line;
 pub mod s3;
 pub mod stdout;
+pub mod time;
 
 /// The sink types [`build`] knows, as written in `type = "..."`.
 pub const KINDS: &[&str] = &["kinesis", "file", "handler", "stdout", "s3", "dynamodb"];

@@ -278,31 +278,7 @@ pub fn read_answer(result: &Value, items: &[Item], item_failures: bool, windows:
     Ok(Answer { first_failed, state, transformed: None })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.mmm]Z` for epoch ms.
-pub fn iso8601(ms: u64, millis: bool) -> String {
-    let secs = ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let sod = secs % 86_400;
-    let (h, mi, s) = (sod / 3600, sod / 60 % 60, sod % 60);
-    if millis {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", ms % 1000)
-    } else {
-        format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
+pub use crate::time::iso8601;
 
 #[cfg(test)]
 mod tests {
@@ -429,11 +405,5 @@ mod tests {
             let e = read_transform(&bad, &items).expect_err(want);
             assert!(e.contains(want), "{want}: {e}");
         }
-    }
-
-    #[test]
-    fn iso_times() {
-        assert_eq!(iso8601(1_709_210_096_789, true), "2024-02-29T12:34:56.789Z");
-        assert_eq!(iso8601(1_709_210_096_789, false), "2024-02-29T12:34:56Z");
     }
 }

@@ -372,23 +372,29 @@ async fn settle_transformed(shared: &Shared, items: &[Item], results: Vec<Transf
     count("processing_failed", failed.len());
     if !failed.is_empty() {
         tracing::warn!(sink = %shared.name, records = failed.len(), first = %failed[0].sequence_number, "records the transformation could not process (ProcessingFailed)");
-        let dead = shared.dead_letters.clone();
-        let payloads: Vec<(String, bytes::Bytes)> = failed
-            .iter()
-            .map(|i| (format!("{}:{}", i.shard_id, i.sequence_number), i.record.payload.clone()))
-            .collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            for (event_id, payload) in payloads {
-                dead.write("processing_failed", &event_id, &payload);
-            }
-        })
-        .await;
+        dead_letter(shared, failed.iter().copied(), "processing_failed").await;
         let _ = shared.acks.send(Ack::DeadLettered(failed.iter().map(|i| i.record.id).collect()));
     }
     if !delivered.is_empty() {
         let _ = shared.acks.send(Ack::Delivered(delivered));
     }
     true
+}
+
+/// Writes the payloads of `items` to the dead-letter file (fsynced, off the async threads),
+/// each with its `eventID` as detail.
+async fn dead_letter<'a>(shared: &Shared, items: impl IntoIterator<Item = &'a Item>, reason: &'static str) {
+    let dead = shared.dead_letters.clone();
+    let payloads: Vec<(String, bytes::Bytes)> = items
+        .into_iter()
+        .map(|i| (format!("{}:{}", i.shard_id, i.sequence_number), i.record.payload.clone()))
+        .collect();
+    let _ = tokio::task::spawn_blocking(move || {
+        for (event_id, payload) in payloads {
+            dead.write(reason, &event_id, &payload);
+        }
+    })
+    .await;
 }
 
 /// Acknowledges settled records: delivered, or described at the on-failure destination, written
@@ -419,17 +425,7 @@ async fn settle(shared: &Shared, batch: &[Item], settled: Settled) {
                 Condition::RetryAttemptsExhausted => "retry_attempts_exhausted",
                 Condition::RecordAgeExceeded => "record_age_exceeded",
             };
-            let dead = shared.dead_letters.clone();
-            let payloads: Vec<(String, bytes::Bytes)> = items
-                .iter()
-                .map(|i| (format!("{}:{}", i.shard_id, i.sequence_number), i.record.payload.clone()))
-                .collect();
-            let _ = tokio::task::spawn_blocking(move || {
-                for (event_id, payload) in payloads {
-                    dead.write(reason, &event_id, &payload);
-                }
-            })
-            .await;
+            dead_letter(shared, items, reason).await;
             let ids: Vec<u64> = items.iter().map(|i| i.record.id).collect();
             metrics::counter!("sluice_handler_records_total", "sink" => shared.name.clone(), "outcome" => "dead_lettered")
                 .increment(ids.len() as u64);

@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
+
+use crate::time::utc;
 use rand::Rng;
 
 /// One piece of a parsed prefix.
@@ -201,10 +203,6 @@ fn format_time(pattern: &[TimePart], t: &DateTime<Utc>, out: &mut String) {
             }
         };
     }
-}
-
-fn utc(ms: u64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default()
 }
 
 fn random_string(n: usize) -> String {
