@@ -212,3 +212,33 @@ def test_a_transforming_handler_feeds_another_sink_like_firehose(tmp_path, ws_fe
     assert all(d["reason"] == "processing_failed" for d in dead)
     print(f"transform: {len(kept)} kept, {feed.total // 10} dropped, {len(failed)} failed; "
           f"{dups} lines written twice across the restart")
+
+
+def test_on_failure_records_can_go_to_another_sink(tmp_path, ws_feed_factory, pipeline_factory):
+    """destination_on_failure = "sink:failures": Lambda's on-failure records reach a file sink
+    that declares no inputs of its own."""
+    feed = Feed(total=120)
+    provider = ws_feed_factory(feed)
+    script = tmp_path / "handler.py"
+    script.write_text(HANDLER)
+    log = tmp_path / "calls.ndjson"
+    data_dir = tmp_path / "data"
+    sinks = "\n".join([
+        "[sinks.fn]", 'type = "handler"', 'inputs = ["feed"]',
+        f'command = [{json.dumps(sys.executable)}, {json.dumps(str(script))}, {json.dumps(str(log))}]',
+        "batch_size = 16", 'maximum_batching_window = "100ms"', "bisect_batch_on_function_error = true",
+        "maximum_retry_attempts = 0", 'destination_on_failure = "sink:failures"',
+        "", "[sinks.failures]", 'type = "file"', 'path = "failures"',
+    ]) + "\n"
+    text = pipeline_toml(data_dir, ws_source_toml("feed", provider.url, resume_url=provider.url + "?after={cursor}"),
+                         sinks, embedded=False)
+    run = pipeline_factory(text, name="handler-failures", expect_embedded=False)
+    run.wait_delivered("fn", feed.total - 1, 60, dead_lettered=1)
+    run.wait_delivered("failures", 1, 30)
+    run.stop()
+    lines = [json.loads(line) for p in sorted((data_dir / "failures").glob("*.ndjson*"))
+             for line in p.read_text().splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    info = lines[0]["KinesisBatchInfo"]
+    assert info["batchSize"] == 1 and info["shardId"] == "shardId-local"
+    assert lines[0]["requestContext"]["condition"] == "RetryAttemptsExhausted"

@@ -213,6 +213,14 @@ pub struct PipelineConfig {
     pub sinks: Vec<ComponentConfig>,
 }
 
+/// The sink a `handler` sends its on-failure records to (`destination_on_failure = "sink:NAME"`).
+fn failure_sink(c: &ComponentConfig) -> Option<&str> {
+    if c.kind != "handler" {
+        return None;
+    }
+    c.options.get("destination_on_failure").and_then(toml::Value::as_str).and_then(|d| d.strip_prefix("sink:"))
+}
+
 /// A `handler` sink with `transform = true`: its answers are events other sinks can read.
 fn is_transform(c: &ComponentConfig) -> bool {
     c.kind == "handler" && c.options.get("transform").and_then(toml::Value::as_bool) == Some(true)
@@ -331,7 +339,9 @@ fn split_component(
             Some(other) => {
                 return Err(err("inputs", format!("expected a list of source names, found {}", other.type_str())));
             }
-            None => return Err(err("inputs", "missing field `inputs`".into())),
+            // A sink fed only by a handler's `destination_on_failure = "sink:NAME"` needs none;
+            // the graph check refuses a sink left without inputs.
+            None => Vec::new(),
         }
     } else {
         Vec::new()
@@ -390,7 +400,7 @@ impl PipelineConfig {
         for (name, table) in raw.sinks {
             sinks.push(split_component(file, &text, "sinks", &name, table, true)?);
         }
-        let cfg = PipelineConfig {
+        let mut cfg = PipelineConfig {
             file: file.to_owned(),
             text,
             data_dir: raw.data_dir,
@@ -400,8 +410,41 @@ impl PipelineConfig {
             sources,
             sinks,
         };
+        cfg.route_failures()?;
         cfg.check_graph()?;
         Ok(cfg)
+    }
+
+    /// A handler's `destination_on_failure = "sink:NAME"` makes sink NAME read the handler's
+    /// output (its on-failure records): the handler joins NAME's `inputs`.
+    fn route_failures(&mut self) -> Result<(), ConfigError> {
+        let routes: Vec<(usize, String)> = self
+            .sinks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| failure_sink(c).map(|target| (i, target.to_owned())))
+            .collect();
+        for (i, target) in routes {
+            let handler = self.sinks[i].name.clone();
+            match self.sinks.iter().position(|c| c.name == target) {
+                Some(t) if t != i => {
+                    if !self.sinks[t].inputs.contains(&handler) {
+                        self.sinks[t].inputs.push(handler);
+                    }
+                }
+                _ => {
+                    let known: Vec<&str> =
+                        self.sinks.iter().filter(|c| c.name != handler).map(|c| c.name.as_str()).collect();
+                    return Err(self.error_at(
+                        &self.sinks[i],
+                        "sinks",
+                        Some("destination_on_failure"),
+                        format!("\"sink:{target}\" names no other sink; sinks are {known:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// An error located at a component's field.
@@ -457,7 +500,7 @@ impl PipelineConfig {
                             "a sink cannot read its own output".into(),
                         ));
                     }
-                    Some(other) if is_transform(other) => {}
+                    Some(other) if is_transform(other) || failure_sink(other) == Some(sink.name.as_str()) => {}
                     Some(other) => {
                         return Err(self.error_at(
                             sink,
@@ -499,7 +542,9 @@ impl PipelineConfig {
                     format!("no sink reads its output: name {:?} in some sink's `inputs`", sink.name),
                 ));
             }
-            // Transforms feeding transforms must not loop back.
+        }
+        // Producers (transforms, failure routes) feeding each other must not loop back.
+        for sink in self.sinks.iter().filter(|s| is_transform(s) || failure_sink(s).is_some()) {
             let mut path = vec![sink.name.as_str()];
             let mut frontier = vec![sink.name.as_str()];
             while let Some(at) = frontier.pop() {
@@ -645,6 +690,17 @@ inputs = ["race"]
             let e = PipelineConfig::parse("p.toml", &text, &env).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(want), "{want}: {e}\n{text}");
         }
+        // `destination_on_failure = "sink:NAME"` makes NAME read the handler, inputs or not.
+        let routed = format!(
+            "{GOOD}\n[sinks.fn]\ntype = \"handler\"\ninputs = [\"race\"]\ncommand = [\"x\"]\n\
+             destination_on_failure = \"sink:alerts\"\n\n[sinks.alerts]\ntype = \"stdout\"\n"
+        );
+        let c = PipelineConfig::parse("p.toml", &routed, &env).unwrap_or_else(|e| panic!("{e}\n{routed}"));
+        let alerts = c.sinks.iter().find(|s| s.name == "alerts").map(|s| s.inputs.clone());
+        assert_eq!(alerts, Some(vec!["fn".to_owned()]));
+        let missing = routed.replace("sink:alerts", "sink:nope");
+        let e = PipelineConfig::parse("p.toml", &missing, &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("\"sink:nope\" names no other sink"), "{e}");
     }
 
     #[test]

@@ -81,9 +81,9 @@ pub struct HandlerConfig {
     #[serde(default)]
     pub function_response_types: Vec<FunctionResponseType>,
     /// Where batches that failed for good are described, one Lambda on-failure record per
-    /// line: a file path (NDJSON; relative to the pipeline's data directory). `"sink:NAME"` is
-    /// reserved for another sink and not supported yet. Default: none (the records still go to
-    /// the pipeline's dead-letter file).
+    /// line: a file path (NDJSON; relative to the pipeline's data directory), or `"sink:NAME"`: the
+    /// on-failure records (JSON) become events that sink NAME reads (it gets this sink added to
+    /// its `inputs`). Default: none (the records still go to the pipeline's dead-letter file).
     #[serde(default)]
     pub destination_on_failure: Option<String>,
     /// Concurrent batches per shard, 1..=10. Default 1. Records are spread over the lanes by
@@ -204,16 +204,19 @@ impl HandlerConfig {
             return Err("`transform` does not combine with `tumbling_window` or `function_response_types`".into());
         }
         if let Some(d) = &self.destination_on_failure {
-            if d.starts_with("sink:") {
-                return Err(format!(
-                    "`destination_on_failure` {d:?}: another sink as destination is not supported yet; give a file path"
-                ));
+            if d.is_empty() || d == "sink:" {
+                return Err("`destination_on_failure` must be a file path or \"sink:NAME\"".into());
             }
-            if d.is_empty() {
-                return Err("`destination_on_failure` must be a file path".into());
+            if self.transform && self.failure_sink().is_some() {
+                return Err("`destination_on_failure = \"sink:...\"` does not combine with `transform` (both use the handler's output)".into());
             }
         }
         Ok(())
+    }
+
+    /// The sink named by `destination_on_failure = "sink:NAME"`.
+    pub fn failure_sink(&self) -> Option<&str> {
+        self.destination_on_failure.as_deref().and_then(|d| d.strip_prefix("sink:"))
     }
 
     /// Whether the function may answer with `batchItemFailures`.

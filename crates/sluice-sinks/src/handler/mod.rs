@@ -112,7 +112,7 @@ pub use function::FunctionError;
 
 use event::Identity;
 use function::{Function, ProcessPool};
-use on_failure::FailureFile;
+use on_failure::{Destination, FailureFile};
 
 /// Checks the config and builds the sink. Relative `working_dir` and `destination_on_failure`
 /// paths are taken relative to `data_dir`.
@@ -141,7 +141,11 @@ pub fn build(name: &str, config: HandlerConfig, data_dir: &Path) -> Result<Box<d
             .clone()
             .unwrap_or_else(|| event::default_function_arn(&config.aws_region, name)),
     };
-    let failures = config.destination_on_failure.as_ref().map(|p| FailureFile::new(data_dir.join(p)));
+    let failures = match (config.failure_sink(), &config.destination_on_failure) {
+        (Some(_), _) => Some(Destination::Output),
+        (None, Some(path)) => Some(Destination::File(FailureFile::new(data_dir.join(path)))),
+        (None, None) => None,
+    };
     Ok(Box::new(HandlerSink { name: name.to_owned(), config, function: Arc::new(function), id, failures }))
 }
 
@@ -150,7 +154,7 @@ struct HandlerSink {
     config: HandlerConfig,
     function: Arc<Function>,
     id: Identity,
-    failures: Option<FailureFile>,
+    failures: Option<Destination>,
 }
 
 impl Sink for HandlerSink {

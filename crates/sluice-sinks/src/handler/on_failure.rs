@@ -46,6 +46,14 @@ pub fn record(items: &[Item], id: &Identity, condition: Condition, invokes: u32,
     })
 }
 
+/// Where on-failure records go.
+pub enum Destination {
+    /// Appended to an NDJSON file.
+    File(FailureFile),
+    /// Emitted as events of the sink's output (`"sink:NAME"`; the pipeline routes them).
+    Output,
+}
+
 /// Appends on-failure records to one file, fsynced before [`append`](Self::append) returns.
 /// Cheap to clone.
 #[derive(Clone)]

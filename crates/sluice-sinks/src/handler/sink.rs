@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use super::config::{HandlerConfig, MAX_EVENT_BYTES};
 use super::event::{self, Identity, Item, Transformed, WindowFields};
 use super::function::Function;
-use super::on_failure::{self, FailureFile};
+use super::on_failure::{self, Destination};
 use super::retry::{BatchPlan, Condition, Next, Outcome, Settled, backoff_ms};
 use super::window::ShardWindow;
 
@@ -28,7 +28,7 @@ pub(super) struct Shared {
     pub cfg: HandlerConfig,
     pub function: Arc<Function>,
     pub id: Identity,
-    pub failures: Option<FailureFile>,
+    pub failures: Option<Destination>,
     pub acks: mpsc::UnboundedSender<Ack>,
     pub dead_letters: DeadLetters,
     /// Where a transformation's `Ok` records go (`transform` only).
@@ -411,14 +411,32 @@ async fn settle(shared: &Shared, batch: &[Item], settled: Settled) {
             let items = &batch[range];
             let record = on_failure::record(items, &shared.id, condition, invokes, sluice_flow::now_ms());
             tracing::warn!(sink = %shared.name, shard = %items[0].shard_id, records = items.len(), first = %items[0].sequence_number, last = %items[items.len() - 1].sequence_number, condition = condition.as_str(), "records failed for good");
-            if let Some(file) = &shared.failures {
-                // Nothing is acknowledged before its failure is on disk.
-                let mut attempt = 0u32;
-                while let Err(e) = file.append(&record).await {
-                    attempt += 1;
-                    tracing::error!(sink = %shared.name, path = %file.path().display(), error = %e, "could not write an on-failure record; retrying");
-                    tokio::time::sleep(Duration::from_millis(backoff_ms(attempt))).await;
+            // Nothing is acknowledged before its failure is on disk.
+            match &shared.failures {
+                Some(Destination::File(file)) => {
+                    let mut attempt = 0u32;
+                    while let Err(e) = file.append(&record).await {
+                        attempt += 1;
+                        tracing::error!(sink = %shared.name, path = %file.path().display(), error = %e, "could not write an on-failure record; retrying");
+                        tokio::time::sleep(Duration::from_millis(backoff_ms(attempt))).await;
+                    }
                 }
+                Some(Destination::Output) => {
+                    let Some(output) = &shared.output else {
+                        tracing::error!(sink = %shared.name, "the on-failure sink does not read this sink; records not acknowledged");
+                        return;
+                    };
+                    let event = Event {
+                        payload: bytes::Bytes::from(record.to_string()),
+                        cursor: None,
+                        received_ms: sluice_flow::now_ms(),
+                        origin: None,
+                    };
+                    if output.emit(vec![event]).await.is_err() {
+                        return; // stopping: the records are invoked again after a restart
+                    }
+                }
+                None => {}
             }
             metrics::counter!("sluice_handler_on_failure_records_total", "sink" => shared.name.clone()).increment(1);
             let reason = match condition {
