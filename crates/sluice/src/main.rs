@@ -103,6 +103,12 @@ struct DemoArgs {
     /// Stop after this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     seconds: u64,
+    /// The leaderboard's tumbling window (the handler sink's `tumbling_window`), e.g. `10s`.
+    #[arg(long, default_value = "10s")]
+    window: String,
+    /// How often the archive writes an object (the s3 sink's `buffer_interval`), e.g. `10s`.
+    #[arg(long, default_value = "10s")]
+    archive_every: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -347,8 +353,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Shards of the demo's stream; a leaderboard window is complete once all of them closed it.
+const DEMO_SHARDS: usize = 4;
+
+/// The demo's leaderboard handler (`examples/leaderboard.py`), written into the data directory
+/// at start so that the demo runs from any working directory.
+const LEADERBOARD_PY: &str = include_str!("../../../examples/leaderboard.py");
+
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let cut = sluice_core::duration::parse(&args.cut_every).map_err(|e| anyhow::anyhow!("--cut-every: {e}"))?;
+    // Checked here so that a bad value is a one-line error, not a pipeline config error.
+    for (flag, value) in [("--window", &args.window), ("--archive-every", &args.archive_every)] {
+        sluice_core::duration::parse(value).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    }
     let sim_cfg = sluice_simulate::SimConfig {
         racers: args.racers,
         cut_every: (!cut.is_zero()).then_some(cut),
@@ -363,6 +380,19 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&dir).with_context(|| format!("resetting {}", dir.display()))?;
         }
     }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data_path = std::path::absolute(&args.data_dir).context("resolving --data-dir")?;
+    let board_path = data_path.join("leaderboard.json");
+    let lake_path = data_path.join("lake");
+    let python = python3_version();
+    let board = match &python {
+        Some(_) => {
+            let script = data_path.join("leaderboard.py");
+            std::fs::write(&script, LEADERBOARD_PY).with_context(|| format!("writing {}", script.display()))?;
+            Some(leaderboard_toml(&script, &board_path, &args.window)?)
+        }
+        None => None,
+    };
     let sim = sluice_simulate::Simulator::start(sim_cfg, "127.0.0.1:0".parse()?)
         .await
         .context("starting the simulated feed")?;
@@ -390,15 +420,34 @@ type = "kinesis"
 inputs = ["race"]
 stream_name = "race"
 partition_key = "/racer"
-shards = 4
-"#,
+shards = {DEMO_SHARDS}
+
+# The raw feed archived as Firehose would: gzip objects under lake/YYYY/MM/DD/HH/.
+[sinks.lake]
+type = "s3"
+inputs = ["race"]
+url = "lake"
+compression = "gzip"
+buffer_interval = {archive_every}
+{board}"#,
         stream = args.stream_listen,
+        archive_every = toml_string(&args.archive_every)?,
+        board = board.as_deref().unwrap_or(""),
     );
     let cfg = sluice_pipeline::PipelineConfig::parse("demo pipeline", &text, &|k| std::env::var(k).ok())?;
     let metrics = sluice_kinesis_api::install_metrics();
     let pipeline = sluice_pipeline::Pipeline::start(cfg, metrics).await?;
     let stream = pipeline.embedded_addr().map(|a| format!("http://{a}")).unwrap_or_default();
     println!("sluice demo: feed {ws} -> spool {} -> stream \"race\" at {stream}", args.data_dir.display());
+    println!("sluice demo: raw feed archived as gzip objects under {}/YYYY/MM/DD/HH/", lake_path.display());
+    match &python {
+        Some(version) => println!(
+            "sluice demo: stream -> leaderboard handler ({version}, {} windows): top 10 by average power in {}",
+            args.window,
+            board_path.display()
+        ),
+        None => println!("sluice demo: python3 not found: running without the leaderboard"),
+    }
     println!("sluice demo: metrics and health on http://{}; Ctrl-C stops", pipeline.ops_addr());
     println!(
         "sluice demo: read it with e.g. AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --region us-east-1 --endpoint-url {stream} kinesis describe-stream-summary --stream-name race"
@@ -409,6 +458,7 @@ shards = 4
     tick.tick().await;
     let stop = shutdown_signal();
     tokio::pin!(stop);
+    let mut shown_window = String::new();
     loop {
         tokio::select! {
             _ = &mut stop => break,
@@ -418,7 +468,7 @@ shards = 4
                 let sink = s.sinks.get("stream").cloned().unwrap_or_default();
                 let stats = sim.stats();
                 println!(
-                    "t={:>4}s  feed generated {:>8}  spooled {:>8} (cursor {})  delivered {:>8}  dead-lettered {}  feed cuts {}",
+                    "t={:>4}s  feed generated {:>8}  spooled {:>8} (cursor {})  delivered {:>8}  dead-lettered {}  feed cuts {}  lake objects {}",
                     started.elapsed().as_secs(),
                     sim.generated(),
                     src.spooled,
@@ -426,7 +476,15 @@ shards = 4
                     sink.delivered,
                     sink.dead_lettered,
                     stats.cuts(),
+                    count_objects(&lake_path),
                 );
+                if python.is_some()
+                    && let Some(w) = newest_complete_window(&board_path, DEMO_SHARDS)
+                    && w.start != shown_window
+                {
+                    println!("{}", w.line(5));
+                    shown_window = w.start;
+                }
                 std::io::stdout().flush().ok();
                 if args.seconds > 0 && started.elapsed().as_secs() >= args.seconds {
                     break;
@@ -437,6 +495,121 @@ shards = 4
     pipeline.shutdown().await;
     sim.shutdown().await;
     Ok(())
+}
+
+/// `python3 --version`'s answer, or `None` when there is no working `python3`.
+fn python3_version() -> Option<String> {
+    let out = std::process::Command::new("python3").arg("--version").output().ok()?;
+    // Python before 3.4 printed its version on stderr.
+    let text = if out.stdout.is_empty() { &out.stderr } else { &out.stdout };
+    out.status.success().then(|| String::from_utf8_lossy(text).trim().to_string())
+}
+
+/// A TOML string literal (JSON's escapes are valid TOML basic-string escapes).
+fn toml_string(s: &str) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(s)?)
+}
+
+/// The leaderboard's part of the demo pipeline: the demo's own stream, read back through a
+/// `kinesis` source into a tumbling-window `handler` sink running `script`.
+fn leaderboard_toml(script: &std::path::Path, board: &std::path::Path, window: &str) -> anyhow::Result<String> {
+    // This run's records only: the stream keeps earlier runs' records, which would otherwise all
+    // be replayed through the handler on a first run. A later run resumes from its checkpoint.
+    let since = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let command = [
+        toml_string("python3")?,
+        toml_string(&script.display().to_string())?,
+        toml_string(&board.display().to_string())?,
+        toml_string(&DEMO_SHARDS.to_string())?,
+    ]
+    .join(", ");
+    Ok(format!(
+        r#"
+# The leaderboard: the stream read back (sharing shards through a lease table, as the KCL does)
+# into a Lambda-style handler with tumbling windows.
+[sources.board]
+type = "kinesis"
+stream_name = "race"
+application = "leaderboard"
+starting_position = {{ at_timestamp = {since} }}
+idle_between_reads = "200ms"
+
+[sinks.leaderboard]
+type = "handler"
+inputs = ["board"]
+command = [{command}]
+batch_size = 1000
+tumbling_window = {window}
+concurrency = {DEMO_SHARDS}
+timeout = "10s"
+"#,
+        since = toml_string(&since)?,
+        window = toml_string(window)?,
+    ))
+}
+
+/// Objects the archive holds (its staging files, `<object>#<n>`, are not counted).
+fn count_objects(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_objects(&e.path()),
+            Ok(t) if t.is_file() && !e.file_name().to_string_lossy().contains('#') => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// One window of `leaderboard.json` (see `examples/leaderboard.py`).
+struct BoardWindow {
+    start: String,
+    end: String,
+    reports: u64,
+    top: Vec<(String, f64)>,
+}
+
+impl BoardWindow {
+    /// One status line with the first `n` places.
+    fn line(&self, n: usize) -> String {
+        // "2026-12-06T19:02:10Z" -> "19:02:10"
+        let clock = |t: &str| t.get(11..19).unwrap_or(t).to_string();
+        let places: Vec<String> =
+            self.top.iter().take(n).enumerate().map(|(i, (r, p))| format!("{}. {r} {p:.1} W", i + 1)).collect();
+        format!(
+            "leaderboard {}-{} UTC ({} reports), average power: {}",
+            clock(&self.start),
+            clock(&self.end),
+            self.reports,
+            places.join("  ")
+        )
+    }
+}
+
+/// The newest window every one of `shards` shards has closed, if the file holds one. The file
+/// is replaced atomically, so a read never sees half of it; anything unreadable is skipped.
+fn newest_complete_window(path: &std::path::Path, shards: usize) -> Option<BoardWindow> {
+    let text = std::fs::read(path).ok()?;
+    let board: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let w = board
+        .get("windows")?
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|w| w.get("shards").and_then(|s| s.as_array()).is_some_and(|s| s.len() >= shards))?;
+    let text_of = |k: &str| w.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let top = w
+        .get("top")?
+        .as_array()?
+        .iter()
+        .filter_map(|p| Some((p.get("racer")?.as_str()?.to_string(), p.get("avg_power")?.as_f64()?)))
+        .collect();
+    Some(BoardWindow {
+        start: text_of("start")?,
+        end: text_of("end")?,
+        reports: w.get("reports").and_then(|v| v.as_u64()).unwrap_or(0),
+        top,
+    })
 }
 
 fn validate(file: &std::path::Path) -> anyhow::Result<()> {
