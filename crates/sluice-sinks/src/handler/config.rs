@@ -266,7 +266,8 @@ mod tests {
             ("maximum_batching_window = \"301s\"", "maximum_batching_window` must be at most 300s"),
             ("tumbling_window = \"901s\"", "tumbling_window` must be at most 900s"),
             ("tumbling_window = \"10s\"\nparallelization_factor = 2", "needs `parallelization_factor = 1`"),
-            ("destination_on_failure = \"sink:other\"", "not supported yet"),
+            ("destination_on_failure = \"sink:\"", "file path or"),
+            ("transform = true\ndestination_on_failure = \"sink:x\"", "does not combine"),
             ("url = \"http://x\"", "exactly one of"),
         ] {
             let err = parse(&format!("{base}{extra}")).expect_err(extra);

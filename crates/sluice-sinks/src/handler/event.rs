@@ -87,24 +87,54 @@ pub fn default_function_arn(region: &str, sink: &str) -> String {
     format!("arn:aws:lambda:{region}:{ACCOUNT}:function:{sink}")
 }
 
-/// One entry of `Records`.
-pub fn record_json(item: &Item, id: &Identity) -> Value {
-    json!({
-        "kinesis": {
-            "kinesisSchemaVersion": "1.0",
-            "partitionKey": item.partition_key,
-            "sequenceNumber": item.sequence_number,
-            "data": base64::engine::general_purpose::STANDARD.encode(&item.record.payload),
-            "approximateArrivalTimestamp": item.arrival_ms as f64 / 1000.0,
+/// One entry of `Records`, serialized without building a `Value` (this runs per record).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RecordOut<'a> {
+    kinesis: KinesisOut<'a>,
+    event_source: &'static str,
+    event_version: &'static str,
+    #[serde(rename = "eventID")]
+    event_id: String,
+    event_name: &'static str,
+    invoke_identity_arn: &'a str,
+    aws_region: &'a str,
+    #[serde(rename = "eventSourceARN")]
+    event_source_arn: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KinesisOut<'a> {
+    kinesis_schema_version: &'static str,
+    partition_key: &'a str,
+    sequence_number: &'a str,
+    data: String,
+    approximate_arrival_timestamp: f64,
+}
+
+fn record_out<'a>(item: &'a Item, id: &'a Identity) -> RecordOut<'a> {
+    RecordOut {
+        kinesis: KinesisOut {
+            kinesis_schema_version: "1.0",
+            partition_key: &item.partition_key,
+            sequence_number: &item.sequence_number,
+            data: base64::engine::general_purpose::STANDARD.encode(&item.record.payload),
+            approximate_arrival_timestamp: item.arrival_ms as f64 / 1000.0,
         },
-        "eventSource": "aws:kinesis",
-        "eventVersion": "1.0",
-        "eventID": format!("{}:{}", item.shard_id, item.sequence_number),
-        "eventName": "aws:kinesis:record",
-        "invokeIdentityArn": id.invoke_identity_arn,
-        "awsRegion": id.region,
-        "eventSourceARN": &*item.stream_arn,
-    })
+        event_source: "aws:kinesis",
+        event_version: "1.0",
+        event_id: format!("{}:{}", item.shard_id, item.sequence_number),
+        event_name: "aws:kinesis:record",
+        invoke_identity_arn: &id.invoke_identity_arn,
+        aws_region: &id.region,
+        event_source_arn: &item.stream_arn,
+    }
+}
+
+/// One entry of `Records`, as JSON.
+pub fn record_json(item: &Item, id: &Identity) -> Value {
+    serde_json::to_value(record_out(item, id)).unwrap_or(Value::Null)
 }
 
 /// The tumbling-window part of an event.
@@ -122,20 +152,67 @@ pub struct WindowFields {
     pub terminated_early: bool,
 }
 
+#[derive(serde::Serialize)]
+struct EventOut<'a> {
+    #[serde(rename = "Records")]
+    records: Vec<RecordOut<'a>>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    window: Option<WindowOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WindowOut<'a> {
+    window: WindowSpan,
+    state: &'a Value,
+    shard_id: &'a str,
+    #[serde(rename = "eventSourceARN")]
+    event_source_arn: &'a str,
+    is_final_invoke_for_window: bool,
+    is_window_terminated_early: bool,
+}
+
+#[derive(serde::Serialize)]
+struct WindowSpan {
+    start: String,
+    end: String,
+}
+
+fn event_out<'a>(
+    items: &'a [Item],
+    id: &'a Identity,
+    shard: &'a str,
+    stream_arn: &'a str,
+    window: Option<&'a WindowFields>,
+) -> EventOut<'a> {
+    EventOut {
+        records: items.iter().map(|i| record_out(i, id)).collect(),
+        window: window.map(|w| WindowOut {
+            window: WindowSpan { start: iso8601(w.start_ms, false), end: iso8601(w.end_ms, false) },
+            state: &w.state,
+            shard_id: shard,
+            event_source_arn: stream_arn,
+            is_final_invoke_for_window: w.is_final,
+            is_window_terminated_early: w.terminated_early,
+        }),
+    }
+}
+
 /// The whole event for `items` (all of one shard), with the window fields when windows are on.
 /// `shard` and `stream_arn` name the shard also when `items` is empty (a final invoke).
 pub fn event(items: &[Item], id: &Identity, shard: &str, stream_arn: &str, window: Option<&WindowFields>) -> Value {
-    let records: Vec<Value> = items.iter().map(|i| record_json(i, id)).collect();
-    let mut ev = json!({ "Records": records });
-    if let (Some(w), Some(obj)) = (window, ev.as_object_mut()) {
-        obj.insert("window".into(), json!({ "start": iso8601(w.start_ms, false), "end": iso8601(w.end_ms, false) }));
-        obj.insert("state".into(), w.state.clone());
-        obj.insert("shardId".into(), json!(shard));
-        obj.insert("eventSourceARN".into(), json!(stream_arn));
-        obj.insert("isFinalInvokeForWindow".into(), json!(w.is_final));
-        obj.insert("isWindowTerminatedEarly".into(), json!(w.terminated_early));
-    }
-    ev
+    serde_json::to_value(event_out(items, id, shard, stream_arn, window)).unwrap_or(Value::Null)
+}
+
+/// [`event`] as the bytes sent to the function.
+pub fn event_bytes(
+    items: &[Item],
+    id: &Identity,
+    shard: &str,
+    stream_arn: &str,
+    window: Option<&WindowFields>,
+) -> serde_json::Result<Vec<u8>> {
+    serde_json::to_vec(&event_out(items, id, shard, stream_arn, window))
 }
 
 /// Firehose's transformation event for `items` (one shard).

@@ -262,12 +262,12 @@ async fn invoke(
     window: Option<&WindowFields>,
 ) -> Result<event::Answer, String> {
     let cfg = &shared.cfg;
-    let ev = if cfg.transform {
-        event::transform_event(items, &shared.id, &uuid::Uuid::new_v4().to_string())
+    let body = if cfg.transform {
+        serde_json::to_vec(&event::transform_event(items, &shared.id, &uuid::Uuid::new_v4().to_string()))
     } else {
-        event::event(items, &shared.id, shard, stream_arn, window)
-    };
-    let body = serde_json::to_vec(&ev).map_err(|e| e.to_string())?;
+        event::event_bytes(items, &shared.id, shard, stream_arn, window)
+    }
+    .map_err(|e| e.to_string())?;
     metrics::counter!("sluice_handler_invocations_total", "sink" => shared.name.clone()).increment(1);
     let started = Instant::now();
     let result = shared.function.invoke(body, cfg.timeout).await;
@@ -302,8 +302,7 @@ async fn final_invoke(shared: &Shared, shard: &str, stream_arn: &str, fields: Wi
     let mut retries = 0u32;
     loop {
         metrics::counter!("sluice_handler_final_invocations_total", "sink" => shared.name.clone()).increment(1);
-        let ev = event::event(&[], &shared.id, shard, stream_arn, Some(&fields));
-        let result = match serde_json::to_vec(&ev) {
+        let result = match event::event_bytes(&[], &shared.id, shard, stream_arn, Some(&fields)) {
             Ok(body) => {
                 metrics::counter!("sluice_handler_invocations_total", "sink" => shared.name.clone()).increment(1);
                 shared.function.invoke(body, shared.cfg.timeout).await.map_err(|e| e.to_string())
