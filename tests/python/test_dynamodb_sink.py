@@ -3,6 +3,9 @@ pipeline's own embedded DynamoDB endpoint, read back with boto3."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+
 import boto3
 from botocore.config import Config
 
@@ -94,3 +97,94 @@ key = { seq = "/seq" }
     items = scan_all(client, "events")
     assert sorted(int(i["seq"]["N"]) for i in items) == list(range(1, feed.total + 1))
     assert all(i["racer"]["S"] == feed.racer(int(i["seq"]["N"])) for i in items)
+
+
+class UnprocessingProxy:
+    """A loopback proxy in front of moto that, for its first `faults` BatchWriteItem calls,
+    forwards only the first half of each table's requests and answers the rest as
+    `UnprocessedItems`, as DynamoDB does under throttling (moto never does)."""
+
+    def __init__(self, upstream: str, faults: int):
+        import http.server
+        import threading
+        import urllib.request
+
+        proxy = self
+        self.faults = faults
+        self.unprocessed = 0
+        self.held_calls = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                held = {}
+                if self.headers.get("X-Amz-Target", "").endswith(".BatchWriteItem") and proxy.faults > 0:
+                    proxy.faults -= 1
+                    req = json.loads(body)
+                    for table, writes in req["RequestItems"].items():
+                        keep = max(1, len(writes) // 2)
+                        if len(writes) > keep:
+                            held[table] = writes[keep:]
+                            req["RequestItems"][table] = writes[:keep]
+                            proxy.unprocessed += len(writes) - keep
+                    proxy.held_calls += bool(held)
+                    body = json.dumps(req).encode()
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                request = urllib.request.Request(upstream + self.path, data=body, headers=headers, method="POST")
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as r:
+                        status, out = r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    status, out = e.code, e.read()
+                if held and status == 200:
+                    answer = json.loads(out)
+                    answer["UnprocessedItems"] = held
+                    out = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.0")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_unprocessed_items_are_retried_until_written(tmp_path, moto_server, ws_feed_factory, pipeline_factory):
+    client = ddb(moto_server)
+    create(client, "events", "seq", "N")
+    proxy = UnprocessingProxy(moto_server, faults=6)
+    try:
+        feed = Feed(300, rate=None)
+        provider = ws_feed_factory(feed)
+        text = pipeline_toml(
+            tmp_path / "data",
+            ws_source_toml("race", provider.url, provider.url + "?after={cursor}", idle_timeout="5s"),
+            f"""[sinks.events]
+type = "dynamodb"
+inputs = ["race"]
+endpoint = "{proxy.url}"
+table = "events"
+key = {{ seq = "/seq" }}
+""",
+            embedded=False,
+        )
+        run = pipeline_factory(text, expect_embedded=False)
+        run.wait_delivered("events", feed.total, timeout=60)
+        assert proxy.unprocessed > 0 and proxy.faults == 0, "the proxy held items back"
+        retries = metric_sum(run.metrics(), "sluice_dynamodb_sink_retries_total", sink="events", reason="unprocessed")
+        assert retries == proxy.held_calls, f"each answer with unprocessed items retried once: {retries}"
+        items = scan_all(client, "events")
+        assert sorted(int(i["seq"]["N"]) for i in items) == list(range(1, feed.total + 1))
+        print(f"dynamodb: {proxy.unprocessed} items answered unprocessed, {retries:.0f} retries, "
+              f"{len(items)} of {feed.total} written")
+    finally:
+        proxy.close()
