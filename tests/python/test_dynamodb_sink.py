@@ -188,3 +188,36 @@ key = {{ seq = "/seq" }}
               f"{len(items)} of {feed.total} written")
     finally:
         proxy.close()
+
+
+def test_records_that_cannot_be_items_are_dead_lettered_and_counted(tmp_path, ws_feed_factory, pipeline_factory):
+    """Records without the table's sort key never reach the table: each is dead-lettered with
+    its reason and counted."""
+    feed = Feed(40, rate=None)
+    provider = ws_feed_factory(feed)
+    data_dir = tmp_path / "data"
+    text = pipeline_toml(
+        data_dir,
+        ws_source_toml("race", provider.url, None, cursor=None, idle_timeout="5s"),
+        """[sinks.events]
+type = "dynamodb"
+inputs = ["race"]
+table = "events"
+key = { racer = "/racer", lap = "/missing" }
+""",
+    )
+    run = pipeline_factory(text)
+    client = ddb(run.embedded_url)
+    client.create_table(
+        TableName="events",
+        KeySchema=[{"AttributeName": "racer", "KeyType": "HASH"}, {"AttributeName": "lap", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": "racer", "AttributeType": "S"},
+                              {"AttributeName": "lap", "AttributeType": "N"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    # No record has /missing: every one is dead-lettered (`no_key`), none written, none lost.
+    run.wait_delivered("events", 0, timeout=60, dead_lettered=feed.total)
+    dead = [json.loads(line) for line in (data_dir / "dead-letter" / "events.ndjson").read_text().splitlines()]
+    assert len(dead) == feed.total and {d["reason"] for d in dead} == {"no_key"}
+    assert metric_sum(run.metrics(), "sluice_dead_letters_total", component="events", reason="no_key") == feed.total
+    assert scan_all(client, "events") == []

@@ -217,3 +217,31 @@ buffer_interval = "0s"
         for o in page.get("Contents", []):
             seqs += seqs_in(s3.get_object(Bucket="late-bucket", Key=o["Key"])["Body"].read().decode().split("\n"))
     assert sorted(seqs) == list(range(1, feed.total + 1))
+
+
+def test_uploads_failing_past_retry_duration_are_dead_lettered_and_counted(
+    tmp_path, moto_server, ws_feed_factory, pipeline_factory
+):
+    feed = Feed(200, rate=None)
+    provider = ws_feed_factory(feed)
+    data_dir = tmp_path / "data"
+    text = pipeline_toml(
+        data_dir,
+        ws_source_toml("race", provider.url, None, cursor=None, idle_timeout="5s"),
+        s3_sink_toml("archive", ["race"], "s3://no-such-bucket", f"""
+endpoint = "{moto_server}"
+buffer_interval = "0s"
+retry_duration = "1s"
+"""),
+        embedded=False,
+    )
+    run = pipeline_factory(text, expect_embedded=False, expect_healthy=False)
+    run.wait_delivered("archive", 0, timeout=60, dead_lettered=feed.total)
+    samples = run.metrics()
+    assert metric_sum(samples, "sluice_s3_expired_records_total", sink="archive") == feed.total
+    assert metric_sum(samples, "sluice_s3_upload_errors_total", sink="archive") >= 2
+    dead = [json.loads(line) for line in (data_dir / "dead-letter" / "archive.ndjson").read_text().splitlines()]
+    assert dead and all(d["reason"] == "upload_failed" for d in dead)
+    # The dead letters hold the objects that could not be stored: every record is in one of them.
+    seqs = sorted(s for d in dead for s in seqs_in(base64.b64decode(d["payload_base64"]).decode().split("\n")))
+    assert seqs == list(range(1, feed.total + 1))
