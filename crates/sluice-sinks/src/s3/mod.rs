@@ -273,8 +273,10 @@ impl Batcher<'_> {
                 }
             }
         };
-        let partitions = self.buffers.keys().filter(|k| matches!(k, PartitionId::Keys(_))).count();
-        if !self.buffers.contains_key(&id) && partitions >= self.cfg.max_partitions {
+        // Counted only for a partition not buffered yet: this runs once per record.
+        if !self.buffers.contains_key(&id)
+            && self.buffers.keys().filter(|k| matches!(k, PartitionId::Keys(_))).count() >= self.cfg.max_partitions
+        {
             let message = format!("more than {} partitions buffered at once", self.cfg.max_partitions);
             return self.add_error(
                 r,
