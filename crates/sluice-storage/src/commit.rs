@@ -22,13 +22,14 @@ use crate::store::{Shared, StreamLogs};
 use crate::sync::lock;
 use crate::{AppendRecord, Appended, Durability};
 
-/// The answer to one append call.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>, StorageError>>;
+/// The answer to one append call: per part, where its records landed.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<Vec<Appended>>, StorageError>>;
 
-/// One pending append call.
+/// One pending append call: records for one or more streams, and the cursors committed with
+/// them. All of it lands in the same group, or none of it.
 pub(crate) struct Request {
-    pub stream: Arc<StreamLogs>,
-    pub records: Vec<AppendRecord>,
+    pub parts: Vec<(Arc<StreamLogs>, Vec<AppendRecord>)>,
+    pub cursors: Vec<(String, String)>,
     pub reply: Reply,
 }
 
@@ -248,29 +249,37 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     let gate = lock(&shared.commit_gate);
     let now = crate::now_ms();
     let segment_bytes = shared.cfg.segment_bytes;
-    let mut accepted: Vec<(Reply, Vec<Appended>)> = Vec::with_capacity(batch.len());
-    let mut spent: Vec<Vec<AppendRecord>> = Vec::with_capacity(batch.len());
+    let mut accepted: Vec<(Reply, Vec<Vec<Appended>>)> = Vec::with_capacity(batch.len());
+    let mut spent: Vec<Vec<(Arc<StreamLogs>, Vec<AppendRecord>)>> = Vec::with_capacity(batch.len());
+    let mut cursors: Vec<(String, String)> = Vec::new();
     let mut failure: Option<StorageError> = None;
 
-    for Request { stream, records, reply } in batch.drain(..) {
+    for Request { parts, cursors: cs, reply } in batch.drain(..) {
         if failure.is_some() {
             accepted.push((reply, Vec::new()));
-            spent.push(records);
+            spent.push(parts);
             continue;
         }
-        if let Err(e) = validate(&stream, &records) {
+        if let Err(e) = parts.iter().try_for_each(|(stream, records)| validate(stream, records)) {
             let _ = reply.send(Err(e));
-            spent.push(records);
+            spent.push(parts);
             continue;
         }
-        match encode_request(&stream, &records, now, segment_bytes, touched) {
-            Ok(out) => accepted.push((reply, out)),
-            Err(e) => {
-                failure = Some(e);
-                accepted.push((reply, Vec::new()));
+        let mut outs = Vec::with_capacity(parts.len());
+        for (stream, records) in &parts {
+            match encode_request(stream, records, now, segment_bytes, touched) {
+                Ok(out) => outs.push(out),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        spent.push(records);
+        if failure.is_none() {
+            cursors.extend(cs);
+        }
+        accepted.push((reply, outs));
+        spent.push(parts);
     }
 
     if failure.is_none() {
@@ -320,6 +329,11 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     for (reply, out) in accepted {
         let _ = reply.send(Ok(out));
     }
+    if !cursors.is_empty() {
+        let mut map = lock(&shared.cursors);
+        map.extend(cursors);
+        save_cursors(&shared.cfg.data_dir, &map);
+    }
     metrics::histogram!("sluice_commit_group_records").record(total as f64);
     metrics::counter!("sluice_storage_records_appended_total").increment(total);
 
@@ -329,4 +343,20 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         }
     }
     drop(spent);
+}
+
+const CURSORS_FILE: &str = "cursors.json";
+
+/// Interim: the committed cursors, read at open.
+pub(crate) fn load_cursors(dir: &Path) -> std::collections::HashMap<String, String> {
+    std::fs::read(dir.join(CURSORS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+}
+
+fn save_cursors(dir: &Path, map: &std::collections::HashMap<String, String>) {
+    let tmp = dir.join("cursors.json.tmp");
+    if let Ok(bytes) = serde_json::to_vec(map)
+        && std::fs::write(&tmp, bytes).is_ok()
+    {
+        let _ = std::fs::rename(&tmp, dir.join(CURSORS_FILE));
+    }
 }

@@ -115,6 +115,9 @@ pub struct StoreConfig {
     /// Off for stores whose owner decides what to trim itself (the pipeline's spool, which
     /// keeps events until every sink has them).
     pub retention_thread: bool,
+    /// How long the commit thread waits for more appends before it writes a group that is
+    /// not full, so that at low rates one fsync covers many appends (zero: never waits).
+    pub linger: std::time::Duration,
 }
 
 impl StoreConfig {
@@ -128,6 +131,7 @@ impl StoreConfig {
             durability: Durability::Fsync,
             segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES,
             retention_thread: true,
+            linger: std::time::Duration::ZERO,
         }
     }
 }
@@ -141,6 +145,17 @@ pub struct AppendRecord {
     pub partition_key: String,
     /// Payload (shared, so callers hand it over without a copy).
     pub data: bytes::Bytes,
+}
+
+/// Records for one stream, in one [`Store::append_committed`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendPart {
+    /// Stream name.
+    pub stream: String,
+    /// Its incarnation tag.
+    pub tag: u32,
+    /// The records, in order.
+    pub records: Vec<AppendRecord>,
 }
 
 /// Where an appended record landed (one per record, in request order).

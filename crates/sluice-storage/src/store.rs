@@ -18,7 +18,7 @@ use crate::error::{StorageError, at};
 use crate::repair::{DamageCtx, DamageStats};
 use crate::shard_log::{ShardLog, sync_dir};
 use crate::sync::{lock, read, write};
-use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, StoredRecord, Trimmed};
+use crate::{AppendPart, AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, StoredRecord, Trimmed};
 
 pub(crate) const CATALOG_FILE: &str = "catalog.json";
 /// An identical copy of the catalog, used if `catalog.json` is damaged.
@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     verified: AtomicBool,
     /// When `write_failure` last probed the disk.
     last_probe: Mutex<Option<std::time::Instant>>,
+    /// Per source, the cursor committed with its newest appended records.
+    pub cursors: Mutex<HashMap<String, String>>,
 }
 
 /// The last handle's drop shuts the store down.
@@ -462,6 +464,7 @@ impl Store {
             damage,
             verified: AtomicBool::new(false),
             last_probe: Mutex::new(None),
+            cursors: Mutex::new(crate::commit::load_cursors(&data_dir)),
         });
         let mut threads = Vec::new();
         let w = shared.clone();
@@ -666,8 +669,36 @@ impl Store {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
-        self.shared().queue.push(Request { stream: logs, records, reply })?;
+        self.shared().queue.push(Request { parts: vec![(logs, records)], cursors: Vec::new(), reply })?;
+        let mut parts = rx.await.unwrap_or(Err(StorageError::ShuttingDown))?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// Appends records to one or more streams and commits the sources' cursors with them, in
+    /// one group: after any crash, either all of it is durable or none of it, so a source that
+    /// resumes from [`Store::committed_cursor`] neither loses nor repeats an event. Returns,
+    /// per part, where its records landed. Refused as a whole if any record targets a closed
+    /// or unknown shard.
+    pub async fn append_committed(
+        &self,
+        parts: Vec<AppendPart>,
+        cursors: Vec<(String, String)>,
+    ) -> Result<Vec<Vec<Appended>>, StorageError> {
+        let mut resolved = Vec::with_capacity(parts.len());
+        for p in parts {
+            resolved.push((self.shared().stream_logs(&p.stream, p.tag)?, p.records));
+        }
+        if resolved.iter().all(|(_, r)| r.is_empty()) && cursors.is_empty() {
+            return Ok(resolved.iter().map(|_| Vec::new()).collect());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.shared().queue.push(Request { parts: resolved, cursors, reply })?;
         rx.await.unwrap_or(Err(StorageError::ShuttingDown))
+    }
+
+    /// The cursor of `source` committed by the last [`Store::append_committed`] naming it.
+    pub fn committed_cursor(&self, source: &str) -> Option<String> {
+        lock(&self.shared().cursors).get(source).cloned()
     }
 
     /// Reads committed records from `from_ordinal` (clamped up to the first retained ordinal):
