@@ -17,6 +17,7 @@ fn setup(dir: &Path, segment_bytes: u64) -> Store {
         durability: Durability::Fsync,
         segment_bytes,
         retention_thread: true,
+        linger: std::time::Duration::ZERO,
     })
     .expect("open");
     store
@@ -96,6 +97,7 @@ fn failed_writes_roll_back_and_the_store_stays_usable() {
             durability: Durability::Fsync,
             segment_bytes: 700,
             retention_thread: true,
+            linger: std::time::Duration::ZERO,
         })
         .expect("reopen");
         assert_eq!(all(&store, 0), got);
