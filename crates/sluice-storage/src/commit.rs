@@ -370,7 +370,7 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         }
         journal.cursors.extend(cursors);
     }
-    let checkpoint_due = journal.len() > journal.limit;
+    let checkpoint_due = journal.checkpoint_due();
     drop(journal);
     if shared.write_failing.load(Ordering::Relaxed) {
         shared.write_failing.store(false, Ordering::Release);

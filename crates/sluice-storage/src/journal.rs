@@ -53,6 +53,8 @@ const KIND_SNAPSHOT: u8 = 2;
 pub(crate) const JOURNAL_DIR: &str = "journal";
 /// A checkpoint starts a new generation once the journal is this large.
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// ... or once its oldest group is this old.
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn file_name(generation: u64) -> String {
     format!("{generation:020}.wal")
@@ -75,6 +77,10 @@ pub(crate) struct Journal {
     pub cursors: HashMap<String, String>,
     /// Bytes after which a checkpoint is due.
     pub limit: u64,
+    /// When the last checkpoint ended.
+    last_checkpoint: std::time::Instant,
+    /// The length of the generation's snapshot (a journal this long holds no group).
+    base_len: u64,
 }
 
 fn put_str16(buf: &mut Vec<u8>, s: &[u8]) {
@@ -199,6 +205,13 @@ impl Journal {
         self.len
     }
 
+    /// Whether a checkpoint is due: the journal passed its size limit, or it holds groups
+    /// written more than [`CHECKPOINT_EVERY`] ago (so that the disk space it takes stays
+    /// small, and a restart has little to check).
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.len > self.limit || (self.len > self.base_len && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY)
+    }
+
     /// The fdatasync that makes a written group durable.
     pub(crate) fn sync_job(&self) -> crate::commit::SyncJob {
         crate::commit::SyncJob { file: self.file.clone(), path: self.path.clone() }
@@ -220,8 +233,10 @@ impl Journal {
         let old = std::mem::replace(&mut self.path, path);
         self.file = file;
         self.len = len;
+        self.base_len = len;
         self.generation = next;
         self.dirty.clear();
+        self.last_checkpoint = std::time::Instant::now();
         if let Err(e) = std::fs::remove_file(&old) {
             tracing::warn!(path = %old.display(), error = %e, "could not remove an old journal generation");
         }
@@ -478,5 +493,7 @@ pub(crate) fn open_after(data_dir: &Path, rec: Recovery, sync: bool) -> Result<J
         dirty: HashMap::new(),
         cursors: rec.cursors,
         limit: CHECKPOINT_BYTES,
+        last_checkpoint: std::time::Instant::now(),
+        base_len: len,
     })
 }
