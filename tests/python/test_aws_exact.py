@@ -84,3 +84,64 @@ def test_an_iterator_of_a_deleted_stream_names_the_shard(kinesis):
     kinesis.delete_stream(StreamName=name)
     msg = expect_error("ResourceNotFoundException", kinesis.get_records, ShardIterator=it)
     assert msg == f"Shard shardId-000000000000 in stream {name} under account {ACCOUNT} does not exist"
+
+
+def test_a_browser_preflight_is_answered_and_responses_carry_cors_and_ids(server, kinesis):
+    import requests
+
+    from sluice_helpers import raw_post
+
+    origin = {"Origin": "http://localhost:8080"}
+    r = requests.options(server.url + "/", headers={
+        **origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,x-amz-date,x-amz-target,x-amz-user-agent",
+    }, timeout=10)
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Access-Control-Allow-Methods"] == "POST"
+    assert r.headers["Access-Control-Allow-Headers"] == "authorization,content-type,x-amz-date,x-amz-target,x-amz-user-agent"
+    assert r.headers["Access-Control-Max-Age"] == "172800"
+    assert r.headers["x-amzn-RequestId"] and "x-amz-id-2" not in r.headers
+    # A call from the page: the answer is readable by the page, errors too.
+    name = create_stream(kinesis, shards=1)
+    ok = raw_post(server.url, b'{"StreamName": "%s"}' % name.encode(), "DescribeStreamSummary", extra_headers=origin)
+    bad = raw_post(server.url, b'{"StreamName": "nope"}', "DescribeStreamSummary", extra_headers=origin)
+    for resp in (ok, bad):
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert "x-amzn-ErrorType" in resp.headers["Access-Control-Expose-Headers"]
+        assert resp.headers["x-amzn-RequestId"] and len(resp.headers["x-amz-id-2"]) == 96
+    assert ok.status_code == 200 and bad.status_code == 400
+    # Without Origin there are no CORS headers, and still both ids.
+    plain = raw_post(server.url, b'{"StreamName": "%s"}' % name.encode(), "DescribeStreamSummary")
+    assert "Access-Control-Allow-Origin" not in plain.headers and plain.headers["x-amz-id-2"]
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_are_access_denied(server, method):
+    import requests
+
+    r = requests.request(method, server.url + "/", data=b"{}", headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "Kinesis_20131202.ListStreams"}, timeout=10)
+    assert r.status_code == 403
+    assert r.text == ("<AccessDeniedException>\n  <Message>Unable to determine service/operation name to be "
+                      "authorized</Message>\n</AccessDeniedException>\n")
+    assert r.headers["x-amzn-RequestId"]
+
+
+def test_query_string_authentication_must_be_complete(server):
+    import requests
+
+    headers = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "Kinesis_20131202.ListStreams"}
+    partial = ("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKID%2F20260101%2Fus-east-1%2Fkinesis%2Faws4_request"
+               "&X-Amz-Signature=abc&X-Amz-Date=20260101T000000Z")
+    r = requests.post(server.url + "/?" + partial, data=b"{}", headers=headers, timeout=10)
+    assert r.status_code == 400, r.text
+    assert r.json() == {"__type": "IncompleteSignatureException",
+                        "message": "AWS query-string parameters must include 'X-Amz-SignedHeaders'. "
+                                   "Re-examine the query-string parameters."}
+    both = requests.post(server.url + "/?" + partial + "&X-Amz-SignedHeaders=host", data=b"{}",
+                         headers={**headers, "Authorization": "AWS4-HMAC-SHA256 Credential=a/b/c/d/e, "
+                                  "SignedHeaders=host, Signature=abc", "X-Amz-Date": "20260101T000000Z"}, timeout=10)
+    assert both.json()["__type"] == "InvalidSignatureException"
+    assert both.json()["message"].startswith("Found both 'X-Amz-Algorithm' as a query-string param")
