@@ -468,7 +468,7 @@ async fn api_inner(st: Shared, req: Request<Body>) -> Response {
     };
     counter!("sluice_requests_total", "operation" => op_label, "outcome" => outcome).increment(1);
     histogram!("sluice_request_duration_seconds", "operation" => op_label).record(started.elapsed().as_secs_f64());
-    let response = match result {
+    match result {
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
@@ -478,8 +478,7 @@ async fn api_inner(st: Shared, req: Request<Body>) -> Response {
             }
             error_response(format, &e)
         }
-    };
-    response
+    }
 }
 
 /// Every operation sluice answers.
