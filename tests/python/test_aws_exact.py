@@ -145,3 +145,35 @@ def test_query_string_authentication_must_be_complete(server):
                                   "SignedHeaders=host, Signature=abc", "X-Amz-Date": "20260101T000000Z"}, timeout=10)
     assert both.json()["__type"] == "InvalidSignatureException"
     assert both.json()["message"].startswith("Found both 'X-Amz-Algorithm' as a query-string param")
+
+
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def test_records_past_retention_are_never_returned_even_inside_a_kept_segment(server_factory, tmp_path, monkeypatch):
+    """The clock moves 25 h ahead (libfaketime): the 24 h stream's old records sit in a segment
+    far from full, so nothing trims them, yet no read returns them."""
+    import os
+
+    if not os.path.exists(LIBFAKETIME):
+        pytest.skip("libfaketime is not installed (.ci/run installs the faketime package)")
+    data = tmp_path / "retained"
+    srv = server_factory(data_dir=data)
+    client = srv.client()
+    name = create_stream(client, shards=1)
+    for i in range(5):
+        client.put_record(StreamName=name, Data=b"old %d" % i, PartitionKey="k")
+    srv.stop()
+    monkeypatch.setenv("LD_PRELOAD", LIBFAKETIME)
+    monkeypatch.setenv("FAKETIME", "+25h")
+    later = server_factory(data_dir=data)
+    client = later.client()
+    client.put_record(StreamName=name, Data=b"new", PartitionKey="k")
+    it = client.get_shard_iterator(StreamName=name, ShardId="shardId-000000000000",
+                                   ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    got = []
+    for _ in range(5):
+        r = client.get_records(ShardIterator=it)
+        got += [x["Data"] for x in r["Records"]]
+        it = r["NextShardIterator"]
+    assert got == [b"new"]

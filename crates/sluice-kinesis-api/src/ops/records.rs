@@ -748,7 +748,15 @@ pub fn read_records(st: &AppState, ctx: &Ctx, token: &str, limit: usize) -> Resu
         return Err(ApiError::throughput(throttled_message(st, &meta.name, shard.index)));
     }
     let max_bytes = MAX_GET_BYTES.min(st.limits.read_budget(key));
-    let batch = st.store.read(&meta.name, meta.tag, shard.index, iter.position, limit, max_bytes)?;
+    let mut batch = st.store.read(&meta.name, meta.tag, shard.index, iter.position, limit, max_bytes)?;
+    // Whole segments are trimmed by age; records past the retention period inside a segment
+    // that is still kept are never returned either (AWS never returns them).
+    let cutoff = ctx.now_ms.saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
+    if batch.records.first().is_some_and(|r| r.arrival_ms < cutoff) {
+        let from = st.store.seek_timestamp(&meta.name, meta.tag, shard.index, cutoff)?.max(iter.position);
+        batch = st.store.read(&meta.name, meta.tag, shard.index, from, limit, max_bytes)?;
+        batch.records.retain(|r| r.arrival_ms >= cutoff);
+    }
     let bytes: usize = batch.records.iter().map(|r| r.data.len() + r.partition_key.len()).sum();
     st.limits.charge_read_bytes(key, bytes);
     counter!("sluice_records_out_total", "stream" => meta.name.clone()).increment(batch.records.len() as u64);
