@@ -177,3 +177,34 @@ def test_records_past_retention_are_never_returned_even_inside_a_kept_segment(se
         got += [x["Data"] for x in r["Records"]]
         it = r["NextShardIterator"]
     assert got == [b"new"]
+
+
+SERIALIZATION_CASES = [
+    # (operation, request, the service's message): types are checked before anything else.
+    ("DescribeStreamSummary", {"StreamARN": True}, "class java.lang.Boolean can not be converted to an String"),
+    ("CreateStream", {"StreamName": "ok", "ShardCount": "2"}, "class java.lang.String can not be converted to an Integer"),
+    ("CreateStream", {"StreamName": "", "ShardCount": 0, "Tags": "x"}, "Expected map or null"),
+    ("AddTagsToStream", {"Tags": {"k": {"nested": 1}}}, "Start of structure or map found where not expected."),
+    ("RemoveTagsFromStream", {"StreamName": "s", "TagKeys": [["a"]]}, "Start of list found where not expected"),
+    ("DeleteStream", {"StreamName": "s", "EnforceConsumerDeletion": "maybe"}, "'MAYBE' can not be converted to an Boolean"),
+    ("PutRecord", {"StreamName": "s", "PartitionKey": "k", "Data": "abc"},
+     "'abc' can not be converted to a Blob: Base64 encoded length is expected a multiple of 4 bytes but found: 3"),
+    ("PutRecords", {"StreamName": "s", "Records": [{"PartitionKey": "k", "Data": False}]},
+     "class java.lang.Boolean can not be converted to a Blob"),
+    ("ListShards", {"ShardFilter": "AT_LATEST"}, "Expected null"),
+]
+
+
+@pytest.mark.parametrize("op,request_body,message", SERIALIZATION_CASES, ids=[c[0] + str(i) for i, c in enumerate(SERIALIZATION_CASES)])
+def test_type_errors_come_first_worded_as_aws_words_them(server, op, request_body, message):
+    import json
+
+    from sluice_helpers import cbor_post, json_call
+
+    r = json_call(server.url, op, request_body)
+    assert r.status_code == 400
+    assert r.json() == {"__type": "SerializationException", "Message": message}
+    resp, body = cbor_post(server.url, op, request_body)
+    assert resp.status_code == 400 and body == {"__type": "SerializationException", "Message": message}, body
+    # Nothing was created or changed by a refused request.
+    assert json.loads(json_call(server.url, "ListStreams", {}).content)["StreamNames"] == []

@@ -373,7 +373,9 @@ fn check_auth(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>
 }
 
 fn error_response(format: Format, e: &ApiError) -> Response {
-    let body = obj![("__type", e.kind), ("message", e.message.clone())].encode(format);
+    // The service's deserializer answers with `Message`; everything else with `message`.
+    let key = if e.kind == "SerializationException" { "Message" } else { "message" };
+    let body = obj![("__type", e.kind), (key, e.message.clone())].encode(format);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
@@ -570,6 +572,8 @@ async fn handle(
     }
     let value = value::decode(format, &bytes)
         .map_err(|e| ApiError::serialization(format!("Could not parse the request: {e}")))?;
+    // Types first, as the service's deserializer: before any constraint or semantic check.
+    crate::shapes::check(op, &value)?;
     let fields = Fields::new(&value, format, "request")?;
     let ctx = Ctx {
         format,
