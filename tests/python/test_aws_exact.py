@@ -208,3 +208,32 @@ def test_type_errors_come_first_worded_as_aws_words_them(server, op, request_bod
     assert resp.status_code == 400 and body == {"__type": "SerializationException", "Message": message}, body
     # Nothing was created or changed by a refused request.
     assert json.loads(json_call(server.url, "ListStreams", {}).content)["StreamNames"] == []
+
+
+def test_every_violation_is_listed_with_clamped_numbers_before_semantic_checks(server):
+    from sluice_helpers import json_call
+
+    def validation(op, body):
+        r = json_call(server.url, op, body)
+        assert r.status_code == 400 and r.json()["__type"] == "ValidationException", r.text
+        return r.json()["message"]
+
+    pattern = "Member must satisfy regular expression pattern: [a-zA-Z0-9_.-]+"
+    assert validation("CreateStream", {"StreamName": "", "ShardCount": 100000000000}) == (
+        "3 validation errors detected: "
+        f"Value '' at 'streamName' failed to satisfy constraint: {pattern}; "
+        "Value '' at 'streamName' failed to satisfy constraint: Member must have length greater than or equal to 1; "
+        "Value '2147483647' at 'shardCount' failed to satisfy constraint: Member must have value less than or equal to 100000"
+    )
+    # A constraint violation is reported before "Either StreamName or StreamARN should be provided."
+    assert validation("DescribeStream", {"Limit": 0}) == (
+        "1 validation error detected: Value '0' at 'limit' failed to satisfy constraint: "
+        "Member must have value greater than or equal to 1"
+    )
+    message = validation("ListShards", {"StreamName": "", "NextToken": "", "ExclusiveStartShardId": "", "MaxResults": 0})
+    assert message.startswith("6 validation errors detected: "), message
+    for part in ("'nextToken'", "'maxResults'", "'exclusiveStartShardId' failed to satisfy constraint: " + pattern,
+                 "'streamName' failed to satisfy constraint: Member must have length"):
+        assert part in message, (part, message)
+    r = json_call(server.url, "DescribeStreamSummary", {})
+    assert r.json() == {"__type": "InvalidArgumentException", "message": "Either StreamName or StreamARN should be provided."}

@@ -161,6 +161,9 @@ impl<'r, 'a> Fields<'r, 'a> {
 #[derive(Default)]
 pub struct Checker {
     errors: Vec<String>,
+    /// A semantic error found while reading members ("Either StreamName or StreamARN…"):
+    /// AWS reports it only when no constraint is violated.
+    after: Option<ApiError>,
 }
 
 /// How a value is shown in a validation message.
@@ -204,15 +207,21 @@ impl Checker {
         }
     }
 
-    /// A stream/consumer name: 1..=128 characters of `[a-zA-Z0-9_.-]`.
+    /// A stream/consumer name: 1..=128 characters of `[a-zA-Z0-9_.-]`. As AWS reports it: the
+    /// pattern first, then the length (an empty name fails both).
     pub fn name(&mut self, s: Option<&str>, path: &str) {
-        self.length(s, path, 1, 128);
         if let Some(s) = s
-            && !s.is_empty()
             && !is_name(s)
         {
             self.fail(show_str(s), path, format!("satisfy regular expression pattern: {NAME_PATTERN}"));
         }
+        self.length(s, path, 1, 128);
+    }
+
+    /// Keeps a semantic error for [`Checker::finish`], which answers it only when no
+    /// constraint is violated (the first one kept wins).
+    pub fn after(&mut self, e: ApiError) {
+        self.after.get_or_insert(e);
     }
 
     /// A regular-expression constraint checked by `ok`.
@@ -224,9 +233,9 @@ impl Checker {
         }
     }
 
-    /// Numeric bounds.
+    /// Numeric bounds. The value is shown as the service's 32-bit integers hold it (clamped).
     pub fn range(&mut self, n: Option<i64>, path: &str, min: i64, max: i64) {
-        if let Some(n) = n {
+        if let Some(n) = n.map(|n| n.clamp(i64::from(i32::MIN), i64::from(i32::MAX))) {
             if n < min {
                 self.fail(show_str(&n.to_string()), path, format!("have value greater than or equal to {min}"));
             } else if n > max {
@@ -269,6 +278,11 @@ impl Checker {
         }
     }
 
+    /// Forgets the kept semantic error (for operations where it does not apply).
+    pub fn clear_after(&mut self) {
+        self.after = None;
+    }
+
     /// Whether anything was recorded.
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()
@@ -277,7 +291,7 @@ impl Checker {
     /// Ok, or one ValidationException listing up to ten violations.
     pub fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
-            return Ok(());
+            return self.after.map_or(Ok(()), Err);
         }
         let n = self.errors.len();
         let shown: Vec<&str> = self.errors.iter().take(10).map(String::as_str).collect();

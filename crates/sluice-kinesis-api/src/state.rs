@@ -147,14 +147,20 @@ pub fn stream_name<'r>(f: &Fields<'r, '_>, check: &mut Checker) -> Result<Option
     check.length(arn, "streamARN", 1, 2048);
     check.pattern(arn, "streamARN", |a| parse_stream_arn(a).is_some(), "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+");
     let from_arn = arn.and_then(parse_stream_arn);
+    // Semantic errors wait until every constraint was checked (`Checker::finish`).
     match (name, from_arn) {
         (Some(n), Some(a)) if n != a => {
-            Err(ApiError::invalid_argument(format!("StreamARN {} does not match StreamName {n}.", arn.unwrap_or(""))))
+            check.after(ApiError::invalid_argument(format!(
+                "StreamARN {} does not match StreamName {n}.",
+                arn.unwrap_or("")
+            )));
+            Ok(Some(n))
         }
         (Some(n), _) => Ok(Some(n)),
         (None, Some(a)) => Ok(Some(a)),
         (None, None) if arn.is_none() => {
-            Err(ApiError::invalid_argument("Either StreamName or StreamARN should be provided."))
+            check.after(ApiError::invalid_argument("Either StreamName or StreamARN should be provided."));
+            Ok(None)
         }
         (None, None) => Ok(None),
     }

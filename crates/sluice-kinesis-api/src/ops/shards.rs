@@ -73,7 +73,13 @@ pub fn list_shards(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
         }
         None => None,
     };
+    // Every constraint first (the stream name's too), then the semantic checks.
+    let given_name = stream_name(&f, &mut check)?;
     if next.is_some() {
+        // With a NextToken no stream is named: that is not "Either StreamName or StreamARN".
+        let mut only_constraints = std::mem::take(&mut check);
+        only_constraints.clear_after();
+        only_constraints.finish()?;
         if f.has("StreamName") || f.has("StreamARN") {
             return Err(ApiError::invalid_argument("NextToken and StreamName cannot be provided together."));
         }
@@ -82,7 +88,6 @@ pub fn list_shards(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
                 "NextToken and StreamCreationTimestamp cannot be provided together.",
             ));
         }
-        std::mem::take(&mut check).finish()?;
     }
     let max = max.unwrap_or(1000).min(1000) as usize;
     let cat = st.store.catalog();
@@ -106,7 +111,7 @@ pub fn list_shards(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
             (name.to_owned(), after.parse::<u32>().ok(), filter)
         }
         None => {
-            let name = stream_name(&f, &mut check)?;
+            let name = given_name;
             check.finish()?;
             let filter = match filter {
                 Some((kind, shard, ts)) => {
