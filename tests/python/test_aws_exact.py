@@ -237,3 +237,56 @@ def test_every_violation_is_listed_with_clamped_numbers_before_semantic_checks(s
         assert part in message, (part, message)
     r = json_call(server.url, "DescribeStreamSummary", {})
     assert r.json() == {"__type": "InvalidArgumentException", "message": "Either StreamName or StreamARN should be provided."}
+
+
+def test_a_changing_stream_shows_the_layout_aws_shows(server_factory):
+    import time
+
+    srv = server_factory(["--transition-ms", "1500"])
+    kinesis = srv.client()
+    name = "changing"
+    kinesis.create_stream(StreamName=name, ShardCount=2)
+    desc = kinesis.describe_stream(StreamName=name)["StreamDescription"]
+    assert desc["StreamStatus"] == "CREATING" and desc["Shards"] == []
+    deadline = time.time() + 10
+    while kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+        assert time.time() < deadline
+        time.sleep(0.1)
+    before = kinesis.list_shards(StreamName=name)["Shards"]
+    kinesis.merge_shards(StreamName=name, ShardToMerge="shardId-000000000000", AdjacentShardToMerge="shardId-000000000001")
+    desc = kinesis.describe_stream(StreamName=name)["StreamDescription"]
+    assert desc["StreamStatus"] == "UPDATING"
+    assert desc["Shards"] == before, "the old layout until the update completes"
+    assert kinesis.list_shards(StreamName=name)["Shards"] == before
+    while kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
+        assert time.time() < deadline
+        time.sleep(0.1)
+    after = kinesis.list_shards(StreamName=name)["Shards"]
+    assert [s["ShardId"] for s in after] == ["shardId-000000000000", "shardId-000000000001", "shardId-000000000002"]
+    assert all("EndingSequenceNumber" in s["SequenceNumberRange"] for s in after[:2])
+
+
+def test_messages_word_for_word(server, kinesis_novalidate):
+    from sluice_helpers import json_call
+
+    name = create_stream(kinesis_novalidate, shards=1)
+    r = json_call(server.url, "AddTagsToStream", {"StreamName": name, "Tags": {"": "v", "k": "x" * 257}})
+    assert r.json()["message"] == (
+        "2 validation errors detected: "
+        f"Value '{{=v, k={'x' * 257}}}' at 'tags' failed to satisfy constraint: Map keys must satisfy constraint: "
+        "[Member must have length less than or equal to 128, Member must have length greater than or equal to 1]; "
+        f"Value '{{=v, k={'x' * 257}}}' at 'tags' failed to satisfy constraint: Map value must satisfy constraint: "
+        "[Member must have length less than or equal to 256, Member must have length greater than or equal to 0]"
+    )
+    msg = expect_error("InvalidArgumentException", kinesis_novalidate.get_shard_iterator, StreamName=name,
+                       ShardId="shardId-000000000000", ShardIteratorType="LATEST", StartingSequenceNumber="1")
+    assert msg == ("Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber "
+                   "or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber. Request specified LATEST and also a "
+                   "StartingSequenceNumber.")
+    msg = expect_error("LimitExceededException", kinesis_novalidate.create_stream, StreamName="too-big",
+                       ShardCount=100000)
+    assert msg.startswith("This request would exceed the shard limit for the account 000000000000 in us-east-1.")
+    assert msg.endswith("Refer to the AWS Service Limits page "
+                        "(http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) "
+                        "for current limits and how to request higher limits.")
+    assert kinesis_novalidate.list_streams()["StreamNames"] == [name]

@@ -187,6 +187,11 @@ impl Checker {
         ));
     }
 
+    /// Records one violation whose constraint text is given whole (`Map keys must …`).
+    pub fn fail_whole(&mut self, shown: impl Into<String>, path: &str, constraint: &str) {
+        self.errors.push(format!("Value {} at '{}' failed to satisfy constraint: {constraint}", shown.into(), path));
+    }
+
     /// Records "must not be null" when `v` is None; passes `v` through.
     pub fn required<T>(&mut self, v: Option<T>, path: &str) -> Option<T> {
         if v.is_none() {

@@ -52,6 +52,31 @@ pub fn shard_visible(meta: &StreamMeta, shard: &ShardMeta, now_ms: u64) -> bool 
     shard.closed_ms.is_none_or(|t| t + u64::from(meta.retention_hours) * 3_600_000 > now_ms)
 }
 
+/// The shards a stream shows now, as the service shows them while it changes: none while it
+/// is CREATING, and during an UPDATING after a split or merge the layout from before it (the
+/// new shards hidden, the shards it closed still open) until the update completes.
+pub fn shown_shards(st: &AppState, meta: &StreamMeta, now_ms: u64) -> Vec<ShardMeta> {
+    match st.status(meta, now_ms) {
+        sluice_storage::StreamStatus::Creating => Vec::new(),
+        sluice_storage::StreamStatus::Updating => {
+            let since = meta.status_until_ms.saturating_sub(st.config.transition_ms);
+            meta.shards
+                .iter()
+                .filter(|s| s.created_ms < since || s.created_ms <= meta.created_ms)
+                .map(|s| {
+                    let mut s = s.clone();
+                    if s.closed_ms.is_some_and(|t| t >= since) {
+                        s.closed_ms = None;
+                    }
+                    s
+                })
+                .filter(|s| shard_visible(meta, s, now_ms))
+                .collect()
+        }
+        _ => meta.shards.iter().filter(|s| shard_visible(meta, s, now_ms)).cloned().collect(),
+    }
+}
+
 /// `HashKeyRange` structure.
 pub fn range_out(shard: &ShardMeta) -> Out {
     obj![("StartingHashKey", shard.range.start.to_string()), ("EndingHashKey", shard.range.end.to_string())]

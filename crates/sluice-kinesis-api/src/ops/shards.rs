@@ -133,10 +133,9 @@ pub fn list_shards(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
         }
     };
     let meta = st.find(&cat, &name, ctx.now_ms)?;
-    let matching: Vec<&ShardMeta> = meta
-        .shards
+    let shown = super::shown_shards(st, meta, ctx.now_ms);
+    let matching: Vec<&ShardMeta> = shown
         .iter()
-        .filter(|s| shard_visible(meta, s, ctx.now_ms))
         .filter(|s| after.is_none_or(|a| s.index > a))
         .filter(|s| filter_matches(meta, s, &filter, ctx.now_ms))
         .collect();

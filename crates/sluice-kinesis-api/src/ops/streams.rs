@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sluice_core::HashKeyRange;
 use sluice_storage::{Catalog, ShardMeta, StreamMeta, StreamMode, StreamStatus};
 
-use super::{shard_out, shard_visible};
+use super::shard_out;
 use crate::error::ApiError;
 use crate::input::{Checker, Fields, show_str};
 use crate::obj;
@@ -35,30 +35,36 @@ pub fn open_shard_total(catalog: &Catalog) -> usize {
 pub fn shard_limit_error(st: &AppState, ctx: &Ctx, current: usize, extra: usize) -> ApiError {
     ApiError::limit_exceeded(format!(
         "This request would exceed the shard limit for the account {} in {}. Current shard count for the account: {current}. \
-         Limit: {}. Number of additional shards that would have resulted from this request: {extra}.",
+         Limit: {}. Number of additional shards that would have resulted from this request: {extra}. \
+         Refer to the AWS Service Limits page (http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) \
+         for current limits and how to request higher limits.",
         st.config.account_id, ctx.region, st.config.shard_limit
     ))
 }
 
-/// Checks the Tags map of CreateStream / AddTagsToStream.
+/// Checks the Tags map of CreateStream / AddTagsToStream as AWS does: the map's size, then
+/// every key's length, then every value's length, each reported once for the whole map
+/// (shown as `{key=value, …}`).
 fn check_tags(check: &mut Checker, tags: &[(&str, &str)], path: &str) {
-    if tags.is_empty() || tags.len() > 50 {
-        check.fail(
-            "'{...}'",
+    let shown = || format!("'{{{}}}'", tags.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "));
+    if tags.is_empty() {
+        check.fail(shown(), path, "have length greater than or equal to 1");
+    } else if tags.len() > 50 {
+        check.fail(shown(), path, "have length less than or equal to 50");
+    }
+    if tags.iter().any(|(k, _)| !(1..=128).contains(&k.chars().count())) {
+        check.fail_whole(
+            shown(),
             path,
-            format!(
-                "have length {} 50",
-                if tags.is_empty() {
-                    "greater than or equal to 1, and less than or equal to"
-                } else {
-                    "less than or equal to"
-                }
-            ),
+            "Map keys must satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]",
         );
     }
-    for (k, v) in tags {
-        check.length(Some(k), &format!("{path}.key"), 1, 128);
-        check.length(Some(v), &format!("{path}.value"), 0, 256);
+    if tags.iter().any(|(_, v)| v.chars().count() > 256) {
+        check.fail_whole(
+            shown(),
+            path,
+            "Map value must satisfy constraint: [Member must have length less than or equal to 256, Member must have length greater than or equal to 0]",
+        );
     }
 }
 
@@ -198,12 +204,8 @@ pub fn describe_stream(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Ou
     let meta = st.find(&cat, name.unwrap_or_default(), ctx.now_ms)?;
     let after = start.and_then(sluice_core::ShardId::parse).map(|s| s.0);
     let limit = limit.unwrap_or(100) as usize;
-    let candidates: Vec<&ShardMeta> = meta
-        .shards
-        .iter()
-        .filter(|s| shard_visible(meta, s, ctx.now_ms))
-        .filter(|s| after.is_none_or(|a| s.index > a))
-        .collect();
+    let shown = super::shown_shards(st, meta, ctx.now_ms);
+    let candidates: Vec<&ShardMeta> = shown.iter().filter(|s| after.is_none_or(|a| s.index > a)).collect();
     let shards: Vec<Out> = candidates.iter().take(limit).map(|s| shard_out(meta, s)).collect();
     Ok(obj![(
         "StreamDescription",
@@ -399,10 +401,9 @@ pub fn remove_tags(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
     let keys = check.required(f.list("TagKeys")?, "tagKeys");
     check.count(keys.map(<[_]>::len), "tagKeys", 1, 50);
     let mut names = Vec::new();
-    for (i, k) in keys.unwrap_or_default().iter().enumerate() {
+    for k in keys.unwrap_or_default() {
         match k {
             crate::value::Value::Str(s) => {
-                check.length(Some(s), &format!("tagKeys.{}.member", i + 1), 1, 128);
                 names.push(s.to_string());
             }
             other => {
@@ -412,6 +413,13 @@ pub fn remove_tags(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
                 )));
             }
         }
+    }
+    if names.iter().any(|k| !(1..=128).contains(&k.chars().count())) {
+        check.fail(
+            format!("'[{}]'", names.join(", ")),
+            "tagKeys",
+            "satisfy constraint: [Member must have length less than or equal to 128, Member must have length greater than or equal to 1]",
+        );
     }
     check.finish()?;
     let name = name.unwrap_or_default().to_owned();
