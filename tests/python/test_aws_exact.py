@@ -290,3 +290,24 @@ def test_messages_word_for_word(server, kinesis_novalidate):
                         "(http://docs.aws.amazon.com/general/latest/gr/aws_service_limits.html) "
                         "for current limits and how to request higher limits.")
     assert kinesis_novalidate.list_streams()["StreamNames"] == [name]
+
+
+def test_the_body_and_the_operation_are_judged_before_authentication(server):
+    import requests
+
+    def post(body, target="Kinesis_20131202.ListStreams", ct="application/x-amz-json-1.1"):
+        r = requests.post(server.url + "/", data=body, headers={"Content-Type": ct, "X-Amz-Target": target}, timeout=10)
+        return r.status_code, r.json()["__type"]
+
+    # No Authorization header at all in any of these.
+    assert post(b"{not json") == (400, "SerializationException")
+    assert post(b"", target="Kinesis_20131202.Nope") == (400, "UnknownOperationException")
+    assert post(b"{}", target="Kinesis_20131202.Nope") == (400, "UnknownOperationException")
+    assert post(b"{}") == (400, "MissingAuthenticationTokenException")
+    # An unknown operation in CBOR is answered in CBOR.
+    r = requests.post(server.url + "/", data=b"\xa0", headers={
+        "Content-Type": "application/x-amz-cbor-1.1", "X-Amz-Target": "Kinesis_20131202.Nope"}, timeout=10)
+    assert r.status_code == 400 and r.headers["Content-Type"] == "application/x-amz-cbor-1.1"
+    from sluice_helpers import cbor_decode
+
+    assert cbor_decode(r.content)["__type"] == "UnknownOperationException"

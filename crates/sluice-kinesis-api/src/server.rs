@@ -531,15 +531,16 @@ async fn handle(
     if declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(format!("Request body is larger than {limit} bytes.")));
     }
-    if !KNOWN_OPS.contains(&op) {
+    let known = KNOWN_OPS.contains(&op);
+    let unknown = || {
         let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
-        return Err(ApiError::unknown_operation(if target.is_empty() {
+        ApiError::unknown_operation(if target.is_empty() {
             "Missing X-Amz-Target header".to_owned()
         } else {
             format!("Unknown operation {target}")
-        }));
-    }
-    let region = check_auth(&parts.headers, parts.uri.query())?;
+        })
+    };
+    // AWS's order: the body (empty, unparsable), then the operation, then authentication.
     let bytes = match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -547,6 +548,34 @@ async fn handle(
         }
         Err(e) => return Err(ApiError::serialization(format!("Could not read the request body: {e}"))),
     };
+    if bytes.is_empty() {
+        if !known {
+            return Err(unknown());
+        }
+        return Err(ApiError::serialization("The request body is empty; expected a structure."));
+    }
+    if op == "PutRecords" && format == Format::Json && st.config.credentials.is_none() {
+        // The usual request takes the fast path; anything unusual falls through to the
+        // general path below, which answers it in AWS's order.
+        if let Ok(region) = check_auth(&parts.headers, parts.uri.query()) {
+            let ctx = Ctx {
+                format,
+                region: region.clone().unwrap_or_else(|| st.config.default_region.clone()),
+                now_ms: sluice_core::now_ms(),
+            };
+            if let Some(result) = ops::records::put_records_fast(st, &ctx, &bytes).await {
+                let mut r = (StatusCode::OK, raw_body(result?)).into_response();
+                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                return Ok(r);
+            }
+        }
+    }
+    let value = value::decode(format, &bytes)
+        .map_err(|e| ApiError::serialization(format!("Could not parse the request: {e}")))?;
+    if !known {
+        return Err(unknown());
+    }
+    let region = check_auth(&parts.headers, parts.uri.query())?;
     if let Some(creds) = &st.config.credentials {
         if parts.uri.query().is_some_and(|q| q.contains("X-Amz-Algorithm=")) {
             return Err(ApiError::invalid_signature(
@@ -555,23 +584,6 @@ async fn handle(
         }
         crate::sigv4::verify(creds, parts, &bytes, sluice_core::now_ms())?;
     }
-    if bytes.is_empty() {
-        return Err(ApiError::serialization("The request body is empty; expected a structure."));
-    }
-    if op == "PutRecords" && format == Format::Json {
-        let ctx = Ctx {
-            format,
-            region: region.clone().unwrap_or_else(|| st.config.default_region.clone()),
-            now_ms: sluice_core::now_ms(),
-        };
-        if let Some(result) = ops::records::put_records_fast(st, &ctx, &bytes).await {
-            let mut r = (StatusCode::OK, raw_body(result?)).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-            return Ok(r);
-        }
-    }
-    let value = value::decode(format, &bytes)
-        .map_err(|e| ApiError::serialization(format!("Could not parse the request: {e}")))?;
     // Types first, as the service's deserializer: before any constraint or semantic check.
     crate::shapes::check(op, &value)?;
     let fields = Fields::new(&value, format, "request")?;
