@@ -620,8 +620,11 @@ pub fn resolve_position(
     })
 }
 
+/// A time as Java's `Date.toString()` prints it in UTC (`Thu Dec 10 01:59:39 UTC 2015`), as
+/// the service's expired-iterator message shows it.
 fn java_date(ms: u64) -> String {
-    format!("{ms} ms since the epoch")
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map_or_else(|| format!("{ms} ms since the epoch"), |t| t.format("%a %b %d %H:%M:%S UTC %Y").to_string())
 }
 
 /// GetRecords.
@@ -805,6 +808,11 @@ mod tests {
         assert_eq!(route(&table, 19), Some(4));
         assert_eq!(route(&table, u128::MAX), Some(7));
         assert_eq!(route(&[(5, 9, 1)], 3), None);
+    }
+
+    #[test]
+    fn dates_print_as_java_prints_them() {
+        assert_eq!(java_date(1_449_712_779_000), "Thu Dec 10 01:59:39 UTC 2015");
     }
 
     #[test]
