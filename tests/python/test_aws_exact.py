@@ -311,3 +311,44 @@ def test_the_body_and_the_operation_are_judged_before_authentication(server):
     from sluice_helpers import cbor_decode
 
     assert cbor_decode(r.content)["__type"] == "UnknownOperationException"
+
+
+def test_every_refused_request_changes_nothing(server):
+    from sluice_helpers import cbor_post, json_call
+
+    kinesis = server.client(validate=False)
+    name = create_stream(kinesis, shards=2)
+    kinesis.add_tags_to_stream(StreamName=name, Tags={"team": "a"})
+
+    def snapshot():
+        desc = kinesis.describe_stream(StreamName=name)["StreamDescription"]
+        return (kinesis.list_streams()["StreamNames"], desc["Shards"], desc["RetentionPeriodHours"],
+                desc["StreamStatus"], kinesis.list_tags_for_stream(StreamName=name)["Tags"])
+
+    before = snapshot()
+    refused = [
+        ("CreateStream", {"StreamName": "", "ShardCount": 1}),
+        ("CreateStream", {"StreamName": name, "ShardCount": 1}),
+        ("CreateStream", {"StreamName": "x", "ShardCount": "1"}),
+        ("AddTagsToStream", {"StreamName": name, "Tags": {"bad;key": "v"}}),
+        ("AddTagsToStream", {"StreamName": name, "Tags": {f"k{i}": "v" for i in range(51)}}),
+        ("RemoveTagsFromStream", {"StreamName": name, "TagKeys": ["team", "100%"]}),
+        ("MergeShards", {"StreamName": name, "ShardToMerge": "shardId-000000000001",
+                         "AdjacentShardToMerge": "shardId-000000000000"}),
+        ("SplitShard", {"StreamName": name, "ShardToSplit": "shardId-000000000000", "NewStartingHashKey": "0"}),
+        ("SplitShard", {"StreamName": name, "ShardToSplit": "shardId-9", "NewStartingHashKey": "100"}),
+        ("UpdateShardCount", {"StreamName": name, "TargetShardCount": 100000, "ScalingType": "UNIFORM_SCALING"}),
+        ("IncreaseStreamRetentionPeriod", {"StreamName": name, "RetentionPeriodHours": 10}),
+        ("DecreaseStreamRetentionPeriod", {"StreamName": name, "RetentionPeriodHours": 48}),
+        ("DeleteStream", {"StreamName": name, "EnforceConsumerDeletion": "no"}),
+        ("PutRecord", {"StreamName": name, "PartitionKey": "k", "Data": "abc"}),
+    ]
+    for op, body in refused:
+        r = json_call(server.url, op, body)
+        assert r.status_code == 400, (op, body, r.text)
+        resp, _ = cbor_post(server.url, op, body)
+        assert resp.status_code == 400, (op, body)
+        assert snapshot() == before, (op, body)
+    it = kinesis.get_shard_iterator(StreamName=name, ShardId="shardId-000000000000",
+                                    ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    assert kinesis.get_records(ShardIterator=it)["Records"] == [], "no refused put left a record"
