@@ -349,6 +349,9 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         if journal_written {
             journal.unwrite(journal_before);
         }
+        // What the group needed: its bytes in the journal and again in the segments. The
+        // disk counts as writable again only once that much fits (see `Store::write_failure`).
+        shared.failed_group_bytes.store(journal.record_len().saturating_mul(2), Ordering::Release);
         drop(journal);
         tracing::error!(error = %err, "group commit failed; rolled back");
         *lock(&shared.write_failure) = Some(err.to_string());

@@ -51,8 +51,9 @@ const KIND_GROUP: u8 = 1;
 const KIND_SNAPSHOT: u8 = 2;
 /// The journal directory under the data directory.
 pub(crate) const JOURNAL_DIR: &str = "journal";
-/// A checkpoint starts a new generation once the journal is this large.
-pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// A checkpoint starts a new generation once the journal is this large (the journal's disk
+/// space is this plus a group, beside the segments).
+pub(crate) const CHECKPOINT_BYTES: u64 = 8 << 20;
 /// ... or once its oldest group is this old.
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -198,6 +199,11 @@ impl Journal {
             tracing::warn!(path = %self.path.display(), error = %e, "could not cut a failed group from the journal");
         }
         self.len = len_before;
+    }
+
+    /// The size of the record built last.
+    pub(crate) fn record_len(&self) -> u64 {
+        self.buf.len() as u64
     }
 
     /// The journal's length (where the next record goes).

@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     verified: AtomicBool,
     /// When `write_failure` last probed the disk.
     last_probe: Mutex<Option<std::time::Instant>>,
+    /// The bytes the last failed group needed (journal and segments).
+    pub failed_group_bytes: std::sync::atomic::AtomicU64,
     /// Per source, the cursor committed with its newest appended records.
     pub cursors: Mutex<HashMap<String, String>>,
     /// The write-ahead journal (the commit thread writes it; checkpoints rotate it).
@@ -276,10 +278,16 @@ fn load_catalog(data_dir: &Path, streams_dir: &Path) -> Result<Catalog, StorageE
 }
 
 /// Writes, fsyncs and removes a 64 KiB file: can the data directory take writes?
-fn probe_write(data_dir: &Path) -> std::io::Result<()> {
+fn probe_write(data_dir: &Path, bytes: usize) -> std::io::Result<()> {
     let path = data_dir.join(".write-probe");
     let r = File::create(&path).and_then(|mut f| {
-        f.write_all(&[0u8; 64 * 1024])?;
+        let chunk = [0u8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            f.write_all(&chunk[..n])?;
+            left -= n;
+        }
         f.sync_all()
     });
     let _ = std::fs::remove_file(&path);
@@ -472,6 +480,7 @@ impl Store {
             damage,
             verified: AtomicBool::new(false),
             last_probe: Mutex::new(None),
+            failed_group_bytes: std::sync::atomic::AtomicU64::new(0),
             cursors: Mutex::new(journal.cursors.clone()),
             journal: Mutex::new(journal),
         });
@@ -781,7 +790,10 @@ impl Store {
         let mut last = lock(&sh.last_probe);
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
             *last = Some(std::time::Instant::now());
-            if probe_write(&sh.cfg.data_dir).is_ok() {
+            // As much as the failed group needed (at least 64 KiB, at most 16 MiB): a disk
+            // with room for a small probe but not for the group is still full for it.
+            let need = sh.failed_group_bytes.load(Ordering::Acquire).clamp(64 << 10, 16 << 20);
+            if probe_write(&sh.cfg.data_dir, need as usize).is_ok() {
                 sh.write_failing.store(false, Ordering::Release);
                 tracing::info!("the data directory takes writes again");
                 return None;
