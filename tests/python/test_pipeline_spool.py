@@ -199,7 +199,10 @@ def test_a_full_spool_disk_blocks_the_source_truthfully_and_recovers(
         # Several failed retries, yet one ERROR line.
         wait_for(lambda: metric_sum(run.metrics(), "sluice_pipeline_spool_errors_total", source="feed") >= 3, 30,
                  "the spool writer to retry")
-        assert log_count(run, BLOCKED_LINE) == 1, run.log_tail(30)
+        # One ERROR line per blocked episode, not per retry. (Space the store gives back, such
+        # as its journal after a checkpoint, may let a few writes through and the spool block
+        # again: each episode is told once when it starts and once when it ends.)
+        assert log_count(run, BLOCKED_LINE) == log_count(run, RECOVERED_LINE) + 1, run.log_tail(30)
         assert "spool cannot write (" in run.log_path.read_text("utf-8", "replace")
         # The source stops reading the provider: the count of messages it read stands still,
         # far below the feed (the rest waits in the provider and the socket buffers).
@@ -226,7 +229,10 @@ def test_a_full_spool_disk_blocks_the_source_truthfully_and_recovers(
         print(f"the source read {last['read']} of {feed.total} while the spool was blocked")
         assert last["read"] < feed.total * 0.6, f"the source read {last['read']} of {feed.total}"
         # Nothing more is spooled while the disk is full (the events wait, they are not dropped).
-        assert health(run)[1]["pipeline"]["sources"]["feed"]["spooled"] == spooled_when_blocked
+        spooled_when_settled = health(run)[1]["pipeline"]["sources"]["feed"]["spooled"]
+        assert spooled_when_settled < feed.total
+        time.sleep(0.5)
+        assert health(run)[1]["pipeline"]["sources"]["feed"]["spooled"] == spooled_when_settled
         assert metric_sum(run.metrics(), "sluice_pipeline_spool_blocked", source="feed") == 1
 
         tmpfs.resize(data / "spool", "64m")
@@ -236,7 +242,7 @@ def test_a_full_spool_disk_blocks_the_source_truthfully_and_recovers(
         code, body = health(run)
         assert body["status"] == "ok" and body["alarms"] == []
         assert metric_sum(run.metrics(), "sluice_pipeline_spool_blocked", source="feed") == 0
-        assert log_count(run, RECOVERED_LINE) == 1, run.log_tail(30)
+        assert log_count(run, RECOVERED_LINE) == log_count(run, BLOCKED_LINE), run.log_tail(30)
 
         serve, url = start_serve(tmp_path, port)
         reader = StreamReader(make_client(url), STREAM)
@@ -245,7 +251,7 @@ def test_a_full_spool_disk_blocks_the_source_truthfully_and_recovers(
         wait_for(lambda: health(run)[1]["pipeline"]["sources"]["feed"]["spooled"] == feed.total, 30,
                  "the spool to hold every event once")
         assert metric_sum(run.metrics(), "sluice_pipeline_spool_last_ordinal", source="feed") == feed.total
-        assert log_count(run, BLOCKED_LINE) == 1
+        assert log_count(run, BLOCKED_LINE) == log_count(run, RECOVERED_LINE) >= 1
     finally:
         # Stop before the fixture unmounts the spool.
         run.stop()

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod local;
 pub mod ops;
 pub mod server;
+pub mod shapes;
 pub mod sigv4;
 pub mod state;
 pub mod subscribe;

@@ -326,7 +326,25 @@ fn check_auth(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>
         (Some(_), true) => Err(ApiError::invalid_signature(
             "Found both 'X-Amz-Algorithm' as a query-string param and 'Authorization' as HTTP header.",
         )),
-        (None, true) => Ok(None),
+        (None, true) => {
+            // Query-string (presigned) authentication: every part must be there.
+            let q = query.unwrap_or("");
+            let has = |p: &str| q.split('&').any(|kv| kv.split_once('=').is_some_and(|(k, v)| k == p && !v.is_empty()));
+            let missing: Vec<String> =
+                ["X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature", "X-Amz-SignedHeaders", "X-Amz-Date"]
+                    .iter()
+                    .filter(|p| !has(p))
+                    .map(|p| format!("AWS query-string parameters must include '{p}'."))
+                    .collect();
+            if missing.is_empty() {
+                Ok(None)
+            } else {
+                Err(ApiError::incomplete_signature(format!(
+                    "{} Re-examine the query-string parameters.",
+                    missing.join(" ")
+                )))
+            }
+        }
         (None, false) => Err(ApiError::missing_auth("Missing Authentication Token")),
         (Some(a), false) => {
             let mut missing = Vec::new();
@@ -355,7 +373,9 @@ fn check_auth(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>
 }
 
 fn error_response(format: Format, e: &ApiError) -> Response {
-    let body = obj![("__type", e.kind), ("message", e.message.clone())].encode(format);
+    // The service's deserializer answers with `Message`; everything else with `message`.
+    let key = if e.kind == "SerializationException" { "Message" } else { "message" };
+    let body = obj![("__type", e.kind), (key, e.message.clone())].encode(format);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
@@ -371,15 +391,74 @@ fn with_request_id(mut r: Response) -> Response {
     r
 }
 
+/// What the service adds to every answer: a request id, an `x-amz-id-2` (not on a CORS
+/// preflight), and for a browser (a request with `Origin`) the CORS headers.
+fn with_ids(r: Response, cors: bool, preflight: bool) -> Response {
+    use base64::Engine;
+    let mut r = with_request_id(r);
+    let h = r.headers_mut();
+    if !preflight {
+        let id2: [u8; 72] = std::array::from_fn(|_| rand::random::<u8>());
+        if let Ok(v) = HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(id2)) {
+            h.insert("x-amz-id-2", v);
+        }
+    }
+    if cors {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        if !preflight {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(
+                    "x-amzn-RequestId,x-amzn-ErrorType,x-amz-request-id,x-amz-id-2,x-amzn-ErrorMessage,Date",
+                ),
+            );
+        }
+    }
+    r
+}
+
+/// A CORS preflight (`OPTIONS` with `Origin`): what the browser asked for is allowed, for two
+/// days, with an empty 200.
+fn preflight(headers: &HeaderMap) -> Response {
+    let mut r = (StatusCode::OK, "").into_response();
+    let h = r.headers_mut();
+    if let Some(v) = headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+    }
+    if let Some(v) = headers.get(header::ACCESS_CONTROL_REQUEST_METHOD) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v.clone());
+    }
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("172800"));
+    r
+}
+
 async fn api(State(st): State<Shared>, req: Request<Body>) -> Response {
+    let cors = req.headers().contains_key(header::ORIGIN);
+    if cors && req.method() == Method::OPTIONS {
+        return with_ids(preflight(req.headers()), true, true);
+    }
+    with_ids(api_inner(st, req).await, cors, false)
+}
+
+async fn api_inner(st: Shared, req: Request<Body>) -> Response {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
+    if parts.method != Method::POST {
+        // The service answers any other method before it looks at anything else.
+        counter!("sluice_requests_total", "operation" => "unknown", "outcome" => "AccessDeniedException").increment(1);
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "application/xml")],
+            "<AccessDeniedException>\n  <Message>Unable to determine service/operation name to be authorized</Message>\n</AccessDeniedException>\n",
+        )
+            .into_response();
+    }
     let Some(format) = format_of(&parts.headers) else {
         // The service answers an unknown content type like an unknown resource.
         let r = (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "application/xml")], "<UnknownOperationException/>\n");
         counter!("sluice_requests_total", "operation" => "unknown", "outcome" => "UnknownOperationException")
             .increment(1);
-        return with_request_id(r.into_response());
+        return r.into_response();
     };
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("");
     let op = target.strip_prefix(TARGET_PREFIX).unwrap_or("").to_owned();
@@ -391,7 +470,7 @@ async fn api(State(st): State<Shared>, req: Request<Body>) -> Response {
     };
     counter!("sluice_requests_total", "operation" => op_label, "outcome" => outcome).increment(1);
     histogram!("sluice_request_duration_seconds", "operation" => op_label).record(started.elapsed().as_secs_f64());
-    let response = match result {
+    match result {
         Ok(r) => r,
         Err(e) => {
             if e.status >= 500 {
@@ -401,8 +480,7 @@ async fn api(State(st): State<Shared>, req: Request<Body>) -> Response {
             }
             error_response(format, &e)
         }
-    };
-    with_request_id(response)
+    }
 }
 
 /// Every operation sluice answers.
@@ -494,6 +572,8 @@ async fn handle(
     }
     let value = value::decode(format, &bytes)
         .map_err(|e| ApiError::serialization(format!("Could not parse the request: {e}")))?;
+    // Types first, as the service's deserializer: before any constraint or semantic check.
+    crate::shapes::check(op, &value)?;
     let fields = Fields::new(&value, format, "request")?;
     let ctx = Ctx {
         format,

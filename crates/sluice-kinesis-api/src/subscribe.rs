@@ -165,7 +165,15 @@ impl Subscription {
             };
             let closed = meta.shard(self.shard).is_some_and(|s| s.closed_ms.is_some());
             let created = meta.shard(self.shard).map_or(0, |s| s.created_ms);
-            let batch = st.store.read(&self.stream, self.tag, self.shard, self.position, EVENT_RECORDS, EVENT_BYTES)?;
+            let mut batch =
+                st.store.read(&self.stream, self.tag, self.shard, self.position, EVENT_RECORDS, EVENT_BYTES)?;
+            // As GetRecords: nothing past the retention period, even inside a kept segment.
+            let cutoff = sluice_core::now_ms().saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
+            if batch.records.first().is_some_and(|r| r.arrival_ms < cutoff) {
+                let from = st.store.seek_timestamp(&self.stream, self.tag, self.shard, cutoff)?.max(self.position);
+                batch = st.store.read(&self.stream, self.tag, self.shard, from, EVENT_RECORDS, EVENT_BYTES)?;
+                batch.records.retain(|r| r.arrival_ms >= cutoff);
+            }
             let caught_up = batch.next_ordinal >= batch.tip.next_ordinal;
             let at_end = caught_up && closed;
             let now = sluice_core::now_ms();

@@ -70,6 +70,34 @@ impl Queue {
         self.cv.notify_all();
     }
 
+    /// Waits up to `linger` for more requests to join `into` (so that at low rates one fsync
+    /// covers several appends); returns early once enough records are pending.
+    fn linger(&self, into: &mut Vec<Request>, linger: std::time::Duration) {
+        const ENOUGH: usize = 4096;
+        let count =
+            |reqs: &[Request]| reqs.iter().map(|r| r.parts.iter().map(|p| p.1.len()).sum::<usize>()).sum::<usize>();
+        let mut have = count(into);
+        if have >= ENOUGH {
+            return;
+        }
+        let deadline = Instant::now() + linger;
+        let mut st = lock(&self.state);
+        loop {
+            if !st.pending.is_empty() {
+                have += count(&st.pending);
+                into.append(&mut st.pending);
+                if have >= ENOUGH {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if st.closed || now >= deadline {
+                return;
+            }
+            st = self.cv.wait_timeout(st, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Waits for work; `None` once closed and drained.
     fn take(&self, into: &mut Vec<Request>) -> bool {
         let mut st = lock(&self.state);
@@ -192,10 +220,15 @@ pub(crate) fn run_writer(shared: Arc<Shared>) {
     let mut batch = Vec::new();
     let mut touched: Vec<Arc<ShardLog>> = Vec::new();
     while shared.queue.take(&mut batch) {
+        if !shared.cfg.linger.is_zero() {
+            shared.queue.linger(&mut batch, shared.cfg.linger);
+        }
         commit_group(&shared, &mut batch, &mut touched);
         batch.clear();
         touched.clear();
     }
+    // A clean stop leaves nothing for recovery to redo.
+    checkpoint(&shared);
     tracing::debug!("commit thread stopped");
 }
 
@@ -282,6 +315,21 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         spent.push(parts);
     }
 
+    // The journal record first, then the segments: a process killed in between leaves the
+    // whole record, from which recovery rewrites the segments (see the `journal` module).
+    let mut journal = lock(&shared.journal);
+    let journal_before = journal.len();
+    let mut journal_written = false;
+    if failure.is_none() {
+        journal.begin();
+        for log in touched.iter() {
+            lock(&log.writer).journal_into(&mut journal);
+        }
+        match journal.write(&cursors) {
+            Ok(()) => journal_written = true,
+            Err(e) => failure = Some(e),
+        }
+    }
     if failure.is_none() {
         for log in touched.iter() {
             if let Err(e) = lock(&log.writer).write_out() {
@@ -291,13 +339,17 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         }
     }
     if failure.is_none() && shared.cfg.durability == Durability::Fsync {
-        let mut jobs = Vec::new();
+        let mut jobs = vec![journal.sync_job()];
         let prepared: Result<(), StorageError> =
-            touched.iter().try_for_each(|log| lock(&log.writer).sync_jobs(&mut jobs));
+            touched.iter().try_for_each(|log| lock(&log.writer).meta_sync_jobs(&mut jobs));
         failure = prepared.and_then(|()| shared.sync_pool.run(jobs)).err();
     }
 
     if let Some(err) = failure {
+        if journal_written {
+            journal.unwrite(journal_before);
+        }
+        drop(journal);
         tracing::error!(error = %err, "group commit failed; rolled back");
         *lock(&shared.write_failure) = Some(err.to_string());
         shared.write_failing.store(true, Ordering::Release);
@@ -311,6 +363,15 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
         return;
     }
 
+    if !cursors.is_empty() {
+        let mut map = lock(&shared.cursors);
+        for (name, cursor) in &cursors {
+            map.insert(name.clone(), cursor.clone());
+        }
+        journal.cursors.extend(cursors);
+    }
+    let checkpoint_due = journal.checkpoint_due();
+    drop(journal);
     if shared.write_failing.load(Ordering::Relaxed) {
         shared.write_failing.store(false, Ordering::Release);
         tracing::info!("group commits succeed again");
@@ -329,34 +390,27 @@ fn commit_group(shared: &Shared, batch: &mut Vec<Request>, touched: &mut Vec<Arc
     for (reply, out) in accepted {
         let _ = reply.send(Ok(out));
     }
-    if !cursors.is_empty() {
-        let mut map = lock(&shared.cursors);
-        map.extend(cursors);
-        save_cursors(&shared.cfg.data_dir, &map);
-    }
     metrics::histogram!("sluice_commit_group_records").record(total as f64);
     metrics::counter!("sluice_storage_records_appended_total").increment(total);
 
     for (log, firsts) in sealed {
         for first in firsts {
-            log.seal(first, shared.cfg.durability);
+            log.seal(first);
         }
     }
     drop(spent);
+    if checkpoint_due {
+        checkpoint(shared);
+    }
 }
 
-const CURSORS_FILE: &str = "cursors.json";
-
-/// Interim: the committed cursors, read at open.
-pub(crate) fn load_cursors(dir: &Path) -> std::collections::HashMap<String, String> {
-    std::fs::read(dir.join(CURSORS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
-}
-
-fn save_cursors(dir: &Path, map: &std::collections::HashMap<String, String>) {
-    let tmp = dir.join("cursors.json.tmp");
-    if let Ok(bytes) = serde_json::to_vec(map)
-        && std::fs::write(&tmp, bytes).is_ok()
-    {
-        let _ = std::fs::rename(&tmp, dir.join(CURSORS_FILE));
+/// Syncs the segments written since the last checkpoint and starts a new journal generation
+/// (between two groups). A failure is logged; the journal keeps growing and the next group
+/// tries again.
+pub(crate) fn checkpoint(shared: &Shared) {
+    let _gate = lock(&shared.commit_gate);
+    let sync = shared.cfg.durability == Durability::Fsync;
+    if let Err(e) = lock(&shared.journal).checkpoint(&shared.sync_pool, sync) {
+        tracing::error!(error = %e, "journal checkpoint failed; will retry");
     }
 }

@@ -11,6 +11,7 @@
 //!   catalog.json              the Catalog (streams, shards, ...) with a checksum, replaced atomically
 //!   catalog.bak.json          an identical copy, used when catalog.json is damaged
 //!   quarantine/               copies of damaged bytes, named after the file and offsets they came from
+//!   journal/{gen:020}.wal     the write-ahead journal (one generation at a time), see `journal`
 //!   streams/{name}.{tag:08x}/ one directory per stream incarnation
 //!     {index:012}/            one directory per shard
 //!       {ordinal:020}.seg     segments, named by the ordinal of their first record
@@ -28,9 +29,16 @@
 //! pending call at once, assigns each record its shard's next ordinal (increasing, starting at
 //! 1, never reused; ordinals skip only where damage cost records or after an unclean shutdown
 //! that cost bytes at the end of the log) and an arrival time (`max(now, previous)`, so non-decreasing per shard), encodes
-//! the frames into one buffer per shard, writes each touched segment with one positional write,
-//! fdatasyncs each touched file once ([`Durability::Fsync`]), publishes the new committed
-//! lengths and sparse index entries to readers, bumps the shard watches, and answers the callers.
+//! the frames into one buffer per shard, writes them **once into the journal** (one write for
+//! the whole group, with the cursors of [`Store::append_committed`]), then into each touched
+//! segment (page cache), fdatasyncs **the journal alone** ([`Durability::Fsync`]; plus, rarely,
+//! a high-water mark or a directory), publishes the new committed lengths and sparse index
+//! entries to readers, bumps the shard watches, and answers the callers. Segments are
+//! fdatasync'ed at journal checkpoints (every 64 MiB of journal, at a clean stop, and when a
+//! segment is sealed). So one fsync covers a group however many shards it touched, and a kill at
+//! any moment leaves records and cursors together: recovery rewrites from the journal whatever
+//! segment bytes are missing. With [`StoreConfig::linger`] the commit thread waits briefly for
+//! more appends before writing a small group.
 //! A call is all-or-nothing: if any record targets a closed or unknown shard, none of its records
 //! is appended. A failed write or fsync (e.g. a full disk) rolls every shard of the group back to
 //! its last committed length and fails the group's calls; the store stays usable.
@@ -76,6 +84,7 @@ mod error;
 #[cfg(test)]
 mod faults;
 mod hwm;
+mod journal;
 mod repair;
 mod segment;
 mod shard_log;

@@ -28,7 +28,7 @@ use crate::segment::{
     Scanned, SegmentSummary, SidecarInfo, encode_frame, frame_len, segment_file_name, segment_header, sidecar_path,
 };
 use crate::sync::{lock, read, write};
-use crate::{AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoredRecord, Trimmed};
+use crate::{AppendRecord, Appended, ReadBatch, ShardPosition, StoredRecord, Trimmed};
 
 /// A committed, reader-visible segment (always holds at least one record).
 #[derive(Debug)]
@@ -694,7 +694,7 @@ impl ShardLog {
 
     /// Writes the sidecar for the sealed segment starting at `first_ordinal` (making the segment
     /// durable first under [`Durability::Os`]).
-    pub(crate) fn seal(&self, first_ordinal: u64, durability: Durability) {
+    pub(crate) fn seal(&self, first_ordinal: u64) {
         let snapshot = {
             let st = read(&self.state);
             let i = st.segments.partition_point(|s| s.first_ordinal < first_ordinal);
@@ -711,8 +711,9 @@ impl ShardLog {
             return;
         };
         let info = SidecarInfo { seg_len, last_ordinal, last_offset, last_arrival, records, entries: &entries };
-        let r = (if durability == Durability::Os { file.sync_data().map_err(at(&path)) } else { Ok(()) })
-            .and_then(|()| segment::write_sidecar(&path, first_ordinal, &info));
+        // Segments are synced at journal checkpoints, not per group: make this one durable
+        // before its sidecar vouches for it.
+        let r = file.sync_data().map_err(at(&path)).and_then(|()| segment::write_sidecar(&path, first_ordinal, &info));
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not write segment sidecar");
         }
@@ -1004,12 +1005,18 @@ impl WriterShard {
         Ok(())
     }
 
-    /// The fdatasyncs this group needs: every touched segment once, and the directory if a
-    /// segment was created.
-    pub(crate) fn sync_jobs(&self, out: &mut Vec<SyncJob>) -> Result<(), StorageError> {
-        for p in &self.plans {
-            out.push(SyncJob { file: p.seg.file.clone(), path: p.seg.path.clone() });
+    /// Puts the group's bytes into the journal record, one part per touched segment.
+    pub(crate) fn journal_into(&self, j: &mut crate::journal::Journal) {
+        for (i, p) in self.plans.iter().enumerate() {
+            let range = self.plan_range(i);
+            j.add_part(&self.dir, p.seg.first_ordinal, p.seg.len, &self.buf[range]);
+            j.touch(&p.seg.path, &p.seg.file);
         }
+    }
+
+    /// The fdatasyncs this group needs besides the journal's: a new high-water mark, and the
+    /// directory if a segment was created (the segments themselves are synced at checkpoints).
+    pub(crate) fn meta_sync_jobs(&self, out: &mut Vec<SyncJob>) -> Result<(), StorageError> {
         if self.reserving.is_some() {
             out.push(SyncJob { file: self.hwm.file.clone(), path: self.hwm.path.clone() });
         }

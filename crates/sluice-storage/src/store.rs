@@ -18,7 +18,9 @@ use crate::error::{StorageError, at};
 use crate::repair::{DamageCtx, DamageStats};
 use crate::shard_log::{ShardLog, sync_dir};
 use crate::sync::{lock, read, write};
-use crate::{AppendPart, AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, StoredRecord, Trimmed};
+use crate::{
+    AppendPart, AppendRecord, Appended, Durability, ReadBatch, ShardPosition, StoreConfig, StoredRecord, Trimmed,
+};
 
 pub(crate) const CATALOG_FILE: &str = "catalog.json";
 /// An identical copy of the catalog, used if `catalog.json` is damaged.
@@ -72,6 +74,8 @@ pub(crate) struct Shared {
     last_probe: Mutex<Option<std::time::Instant>>,
     /// Per source, the cursor committed with its newest appended records.
     pub cursors: Mutex<HashMap<String, String>>,
+    /// The write-ahead journal (the commit thread writes it; checkpoints rotate it).
+    pub journal: Mutex<crate::journal::Journal>,
 }
 
 /// The last handle's drop shuts the store down.
@@ -403,6 +407,9 @@ impl Store {
         let catalog = load_catalog(&data_dir, &streams_dir)?;
         let damage = Arc::new(DamageStats::default());
 
+        // The journal first: it completes segment writes an unclean stop cut short.
+        let journal_damage = DamageCtx::new(data_dir.join(QUARANTINE_DIR), "journal".into(), damage.clone());
+        let recovered = crate::journal::recover(&data_dir, &journal_damage)?;
         let mut logs = LogMap::new();
         let mut truncated = 0u64;
         let mut wanted: HashMap<String, Vec<String>> = HashMap::new();
@@ -446,6 +453,7 @@ impl Store {
             metrics::counter!("sluice_storage_truncated_bytes_total").increment(truncated);
             tracing::warn!(bytes = truncated, "recovery discarded torn or unacknowledged data");
         }
+        let journal = crate::journal::open_after(&data_dir, recovered, cfg.durability == Durability::Fsync)?;
 
         let shared = Arc::new(Shared {
             cfg,
@@ -464,7 +472,8 @@ impl Store {
             damage,
             verified: AtomicBool::new(false),
             last_probe: Mutex::new(None),
-            cursors: Mutex::new(crate::commit::load_cursors(&data_dir)),
+            cursors: Mutex::new(journal.cursors.clone()),
+            journal: Mutex::new(journal),
         });
         let mut threads = Vec::new();
         let w = shared.clone();

@@ -114,9 +114,11 @@ pub fn find_shard<'m>(
     id: &(String, Option<u32>),
 ) -> Result<&'m ShardMeta, ApiError> {
     id.1.and_then(|i| meta.shard(i)).ok_or_else(|| {
+        // A parsable id is named normalized (`5` and `shardId-5` are `shardId-000000000005`).
+        let shown = id.1.map_or_else(|| id.0.clone(), |i| ShardId(i).to_string());
         ApiError::not_found(format!(
-            "Could not find shard {} in stream {} under account {}.",
-            id.0, meta.name, st.config.account_id
+            "Could not find shard {shown} in stream {} under account {}.",
+            meta.name, st.config.account_id
         ))
     })
 }

@@ -518,14 +518,24 @@ pub fn get_shard_iterator(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result
     let (Some(name), Some(shard), Some(kind)) = (name, shard, kind) else {
         return Err(ApiError::validation("1 validation error detected: missing member"));
     };
-    let cat = st.store.catalog();
-    let meta = st.find(&cat, name, ctx.now_ms)?;
-    let shard_meta = find_shard(st, meta, &shard).map_err(|_| {
+    // AWS's order: an id that is not a shard id at all first, then an unknown stream or an
+    // unknown shard, both named by the (normalized) shard.
+    let Some(index) = shard.1 else {
+        return Err(ApiError::not_found(format!(
+            "Could not find shard {} in stream {name} under account {}.",
+            shard.0, st.config.account_id
+        )));
+    };
+    let missing = || {
         ApiError::not_found(format!(
             "Shard {} in stream {name} under account {} does not exist",
-            shard.0, st.config.account_id
+            ShardId(index),
+            st.config.account_id
         ))
-    })?;
+    };
+    let cat = st.store.catalog();
+    let meta = st.find(&cat, name, ctx.now_ms).map_err(|_| missing())?;
+    let shard_meta = find_shard(st, meta, &shard).map_err(|_| missing())?;
     let index = shard_meta.index;
     let position = resolve_position(st, ctx, meta, index, kind, seq, ts)?;
     metrics::counter!("sluice_iterators_issued_total").increment(1);
@@ -713,7 +723,15 @@ pub fn read_records(st: &AppState, ctx: &Ctx, token: &str, limit: usize) -> Resu
     let cat = st.store.catalog();
     let meta = match st.find(&cat, &iter.stream, ctx.now_ms) {
         Ok(m) if m.tag == iter.stream_tag => m,
-        _ => return Err(st.stream_not_found(&iter.stream)),
+        // AWS names the shard when the iterator's stream is gone.
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "Shard {} in stream {} under account {} does not exist",
+                ShardId(iter.shard),
+                iter.stream,
+                st.config.account_id
+            )));
+        }
     };
     let Some(shard) = meta.shard(iter.shard) else {
         return Err(ApiError::not_found(format!(
@@ -730,7 +748,15 @@ pub fn read_records(st: &AppState, ctx: &Ctx, token: &str, limit: usize) -> Resu
         return Err(ApiError::throughput(throttled_message(st, &meta.name, shard.index)));
     }
     let max_bytes = MAX_GET_BYTES.min(st.limits.read_budget(key));
-    let batch = st.store.read(&meta.name, meta.tag, shard.index, iter.position, limit, max_bytes)?;
+    let mut batch = st.store.read(&meta.name, meta.tag, shard.index, iter.position, limit, max_bytes)?;
+    // Whole segments are trimmed by age; records past the retention period inside a segment
+    // that is still kept are never returned either (AWS never returns them).
+    let cutoff = ctx.now_ms.saturating_sub(u64::from(meta.retention_hours) * 3_600_000);
+    if batch.records.first().is_some_and(|r| r.arrival_ms < cutoff) {
+        let from = st.store.seek_timestamp(&meta.name, meta.tag, shard.index, cutoff)?.max(iter.position);
+        batch = st.store.read(&meta.name, meta.tag, shard.index, from, limit, max_bytes)?;
+        batch.records.retain(|r| r.arrival_ms >= cutoff);
+    }
     let bytes: usize = batch.records.iter().map(|r| r.data.len() + r.partition_key.len()).sum();
     st.limits.charge_read_bytes(key, bytes);
     counter!("sluice_records_out_total", "stream" => meta.name.clone()).increment(batch.records.len() as u64);

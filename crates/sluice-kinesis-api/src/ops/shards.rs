@@ -256,22 +256,26 @@ pub fn merge_shards(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, 
     let now = ctx.now_ms;
     st.store.mutate_catalog(|cat| {
         let meta = st.find(cat, &name, now)?;
-        require_active(st, meta, now)?;
         let a = find_shard(st, meta, &first)?.clone();
         let b = find_shard(st, meta, &second)?.clone();
+        // AWS's order: the pair must be adjacent in this order (ShardToMerge's range ends right
+        // before AdjacentShardToMerge's), then the stream must be ACTIVE.
+        let adjacent = a.index != b.index && a.range.end.checked_add(1) == Some(b.range.start);
+        if !adjacent {
+            return Err(ApiError::invalid_argument(format!(
+                "Shards {} and {} in stream {name} under account {} are not an adjacent pair of shards eligible for merging",
+                ShardId(a.index),
+                ShardId(b.index),
+                st.config.account_id
+            )));
+        }
+        require_active(st, meta, now)?;
         for s in [&a, &b] {
             if !s.is_open() {
                 return Err(not_eligible(st, meta, s.index));
             }
         }
-        let merged = (a.index != b.index).then(|| a.range.merge(&b.range)).flatten().ok_or_else(|| {
-            ApiError::invalid_argument(format!(
-                "Shards {} and {} in stream {name} under account {} are not an adjacent pair of shards eligible for merging",
-                ShardId(a.index),
-                ShardId(b.index),
-                st.config.account_id
-            ))
-        })?;
+        let merged = HashKeyRange { start: a.range.start, end: b.range.end };
         let Some(meta) = cat.streams.get_mut(&name) else { return Err(st.stream_not_found(&name)) };
         close(meta, a.index, now);
         close(meta, b.index, now);

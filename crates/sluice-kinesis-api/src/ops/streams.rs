@@ -62,6 +62,39 @@ fn check_tags(check: &mut Checker, tags: &[(&str, &str)], path: &str) {
     }
 }
 
+/// Whether a tag key or value holds only what AWS accepts in tags: letters (as AWS's checker
+/// sees them: U+00C0–U+1FFF and U+2C00–U+D7FF beside ASCII), digits, white space (a plain
+/// space) and `_ . / = + - % @ :`.
+fn tag_chars_ok(s: &str) -> bool {
+    s.chars().all(|c| {
+        c.is_ascii_alphanumeric()
+            || matches!(c, '_' | '.' | '/' | '=' | '+' | '-' | ' ' | '@' | '%' | ':')
+            || ('\u{C0}'..='\u{1FFF}').contains(&c)
+            || ('\u{2C00}'..='\u{D7FF}').contains(&c)
+    })
+}
+
+/// The character checks AWS makes on tags once the stream is found (`verb`: "add tags to" or
+/// "remove tags from"): any character outside [`tag_chars_ok`] first, then any `%`.
+fn check_tag_chars<'s>(
+    texts: impl Iterator<Item = &'s str> + Clone,
+    verb: &str,
+    name: &str,
+    account: &str,
+) -> Result<(), ApiError> {
+    if texts.clone().any(|t| !tag_chars_ok(t)) {
+        return Err(ApiError::invalid_argument(
+            "Some tags contain invalid characters. Valid characters: Unicode letters, digits, white space, _ . / = + - % @ :.",
+        ));
+    }
+    if texts.clone().any(|t| t.contains('%')) {
+        return Err(ApiError::invalid_argument(format!(
+            "Failed to {verb} stream {name} under account {account} because some tags contained illegal characters. The allowed characters are Unicode letters, white-spaces, '_',',','/','=','+','-','@',':'."
+        )));
+    }
+    Ok(())
+}
+
 /// CreateStream.
 pub fn create_stream(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, ApiError> {
     let mut check = Checker::new();
@@ -318,6 +351,13 @@ pub fn add_tags(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, ApiE
     st.store.mutate_catalog(|cat| {
         st.find(cat, &name, ctx.now_ms)?;
         let Some(meta) = cat.streams.get_mut(&name) else { return Err(st.stream_not_found(&name)) };
+        let given = tags.as_deref().unwrap_or_default();
+        check_tag_chars(
+            given.iter().flat_map(|(k, v)| [*k, *v]),
+            "add tags to",
+            &name,
+            &st.config.account_id,
+        )?;
         let mut merged: BTreeMap<String, String> = meta.tags.clone();
         for (k, v) in tags.unwrap_or_default() {
             merged.insert(k.to_owned(), v.to_owned());
@@ -377,6 +417,7 @@ pub fn remove_tags(st: &AppState, ctx: &Ctx, f: Fields<'_, '_>) -> Result<Out, A
     let name = name.unwrap_or_default().to_owned();
     st.store.mutate_catalog(|cat| {
         st.find(cat, &name, ctx.now_ms)?;
+        check_tag_chars(names.iter().map(String::as_str), "remove tags from", &name, &st.config.account_id)?;
         if let Some(meta) = cat.streams.get_mut(&name) {
             for k in &names {
                 meta.tags.remove(k);

@@ -10,7 +10,13 @@ pub const STREAM: &str = "s1";
 pub const TAG: u32 = 0xabcd;
 
 pub fn config(dir: &Path, segment_bytes: u64, durability: Durability) -> StoreConfig {
-    StoreConfig { data_dir: dir.to_path_buf(), durability, segment_bytes, retention_thread: true, linger: std::time::Duration::ZERO }
+    StoreConfig {
+        data_dir: dir.to_path_buf(),
+        durability,
+        segment_bytes,
+        retention_thread: true,
+        linger: std::time::Duration::ZERO,
+    }
 }
 
 pub fn stream_meta(name: &str, tag: u32, shards: u32) -> StreamMeta {
