@@ -94,7 +94,8 @@ def test_five_kills_mid_feed_leave_every_event_in_the_stream_exactly_once(
     assert all(available < TOTAL for _, _, available in kills), (
         f"the feed was over before the last kill (seed {seed}): kills (delay, delivered, released) {kills}"
     )
-    assert len(provider.conns) > KILLS, provider.summary()
+    wait_for(lambda: len(provider.conns) > KILLS, 30, "the source to reconnect after the last restart",
+             details=provider.summary)
     resumed = [c.after for c in provider.conns[1:]]
     assert all(a is not None for a in resumed), f"a restarted source did not resume: {provider.summary()}"
 
