@@ -561,6 +561,20 @@ mod tests {
     struct Numbered {
         count: u64,
         resumed: Arc<Mutex<Option<Option<String>>>>,
+        /// Then waits for this and sends `more` events after.
+        then: Option<(Arc<tokio::sync::Notify>, u64)>,
+        /// The event with this seq is padded past the stream's record size.
+        big: Option<u64>,
+    }
+
+    fn numbered(i: u64, big: Option<u64>) -> Event {
+        let pad = if big == Some(i) { "x".repeat(1_100_000) } else { String::new() };
+        Event {
+            payload: Bytes::from(format!("{{\"seq\":{i},\"racer\":\"r{}\",\"pad\":\"{pad}\"}}", i % 5)),
+            cursor: Some(i.to_string()),
+            received_ms: 0,
+            origin: None,
+        }
     }
 
     impl Source for Numbered {
@@ -569,14 +583,17 @@ mod tests {
                 *self.resumed.lock().unwrap_or_else(|p| p.into_inner()) = Some(ctx.resume_cursor.clone());
                 let start: u64 = ctx.resume_cursor.as_deref().and_then(|c| c.parse().ok()).unwrap_or(0);
                 for i in start + 1..=start + self.count {
-                    let e = Event {
-                        payload: Bytes::from(format!("{{\"seq\":{i},\"racer\":\"r{}\"}}", i % 5)),
-                        cursor: Some(i.to_string()),
-                        received_ms: 0,
-                        origin: None,
-                    };
-                    if ctx.events.send(e).await.is_err() {
+                    if ctx.events.send(numbered(i, self.big)).await.is_err() {
                         break;
+                    }
+                }
+                if let Some((go, more)) = &self.then {
+                    go.notified().await;
+                    let from = start + self.count + 1;
+                    for i in from..from + more {
+                        if ctx.events.send(numbered(i, self.big)).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 let mut stop = ctx.shutdown.clone();
@@ -658,7 +675,7 @@ mod tests {
     }
 
     fn source(count: u64, resumed: &Arc<Mutex<Option<Option<String>>>>) -> Vec<(String, Box<dyn Source>)> {
-        vec![("feed".into(), Box::new(Numbered { count, resumed: resumed.clone() }))]
+        vec![("feed".into(), Box::new(Numbered { count, resumed: resumed.clone(), then: None, big: None }))]
     }
 
     fn direct_sink() -> SinkSpec {
@@ -713,6 +730,47 @@ mod tests {
         run.shutdown().await;
         assert_eq!(resumed.lock().expect("resumed").clone(), Some(Some("500".to_owned())));
         assert_eq!(seqs(&env.stream()), (1..=600).collect::<Vec<u64>>());
+        env.server.shutdown().await.expect("server");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resharding_mid_run_reroutes_and_an_oversized_record_is_dead_lettered() {
+        let env = env().await;
+        let resumed = Arc::new(Mutex::new(None));
+        let go = Arc::new(tokio::sync::Notify::new());
+        let source: Vec<(String, Box<dyn Source>)> = vec![(
+            "feed".into(),
+            Box::new(Numbered { count: 200, resumed: resumed.clone(), then: Some((go.clone(), 200)), big: Some(250) }),
+        )];
+        let run = start_with(&env.opts(), source, vec![direct_sink()], vec![env.route()]).expect("start");
+        wait_for("200 delivered", || run.status().sinks["out"].delivered == 200).await;
+        // 3 shards become 6: the writer's shard map is stale, its next append is refused
+        // (ShardClosed) and routed again over the new shards.
+        let request =
+            serde_json::json!({"StreamName": "race", "TargetShardCount": 6, "ScalingType": "UNIFORM_SCALING"});
+        env.server.local().call("UpdateShardCount", &request).await.expect("reshard");
+        go.notify_one();
+        wait_for("the rest delivered or dead-lettered", || {
+            let s = run.status();
+            s.sinks["out"].delivered == 399 && s.sinks["out"].dead_lettered == 1
+        })
+        .await;
+        assert_eq!(run.status().sources["feed"].cursor.as_deref(), Some("400"));
+        run.shutdown().await;
+        let cat = env.store.catalog();
+        let meta = cat.streams.get("race").expect("stream");
+        assert_eq!(meta.open_shards().count(), 6);
+        let records = env.stream();
+        for (shard, key, seq) in records.iter().filter(|r| r.2 > 200) {
+            let hash = sluice_core::partition_key_hash(key);
+            let covering = meta.open_shards().find(|s| s.range.contains(hash)).map(|s| s.index);
+            assert_eq!(covering, Some(*shard), "record {seq} after the resharding, on an open shard");
+        }
+        let want: Vec<u64> = (1..=400).filter(|&s| s != 250).collect();
+        assert_eq!(seqs(&records), want, "every event once, but the oversized one");
+        let dead = std::fs::read_to_string(env.dir.path().join("dead-letter/out.ndjson")).expect("dead letters");
+        assert_eq!(dead.lines().count(), 1);
+        assert!(dead.contains("too_large"), "{}", &dead[..200.min(dead.len())]);
         env.server.shutdown().await.expect("server");
     }
 
