@@ -21,6 +21,10 @@
 //! Not on the direct path (fed from the spool as before): sinks with `aggregate = true` (KPL
 //! aggregates are built by the sink's dispatcher), and every embedded `kinesis` sink of a
 //! source but the first (in file order) that qualifies.
+//!
+//! The spool's trim floor of a source keeps every spooled event the stream lacks (the direct
+//! sink's entry is the committed spool ordinal); only the opt-in `[spool] max_age` could
+//! delete such events, if the stream could not be written for that long.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -722,6 +726,15 @@ mod tests {
         }
         assert_eq!(seqs(&records), (1..=500).collect::<Vec<u64>>());
         assert_eq!(env.store.committed_cursor("source:feed").as_deref(), Some("0:500"));
+        // The history (a redundant source's de-duplication window) comes from the stream.
+        let route = env.route();
+        let history = StreamHistory::new(&route.target, "feed").expect("no compression");
+        let recent = history.recent(10, 0);
+        assert_eq!(recent.len(), 10);
+        assert!(recent.windows(2).all(|w| w[0].0 <= w[1].0), "oldest first");
+        assert!(recent.iter().all(|(_, p)| p.starts_with(b"{\"seq\":")));
+        assert_eq!(history.recent(500, 0).len(), 500);
+        assert!(history.recent(10, sluice_flow::now_ms() + 60_000).is_empty(), "none received since then");
 
         // Restarted: resumes after 500 (from the store, as no spool was written), once.
         let run =
