@@ -118,12 +118,25 @@ pub struct EmbeddedSection {
     /// `fsync` (default) or `os`.
     #[serde(default = "default_durability")]
     pub durability: String,
+    /// How long the stream's group commit waits for more appends before it writes a group
+    /// that is not full (`"2ms"` by default; `"0ms"`: never waits). At low rates this lets one
+    /// fsync cover many appends.
+    #[serde(default = "default_linger", deserialize_with = "sluice_core::duration::deserialize")]
+    pub linger: std::time::Duration,
 }
 
 impl Default for EmbeddedSection {
     fn default() -> Self {
-        EmbeddedSection { listen: default_embedded_listen(), durability: default_durability() }
+        EmbeddedSection {
+            listen: default_embedded_listen(),
+            durability: default_durability(),
+            linger: default_linger(),
+        }
     }
+}
+
+fn default_linger() -> std::time::Duration {
+    crate::spool::DEFAULT_LINGER
 }
 
 fn default_embedded_listen() -> SocketAddr {
@@ -154,6 +167,10 @@ pub struct SpoolSection {
     /// Default 64 MiB; smaller values are for tests and small disks.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: u64,
+    /// How long the spool's group commit waits for more appends before it writes a group that
+    /// is not full (`"2ms"` by default; `"0ms"`: never waits).
+    #[serde(default = "default_linger", deserialize_with = "sluice_core::duration::deserialize")]
+    pub linger: std::time::Duration,
     /// Removed (it trimmed undelivered events by age); refused with a pointer to `max_age`.
     #[serde(default)]
     retention_hours: Option<toml::Value>,
@@ -165,6 +182,7 @@ impl Default for SpoolSection {
             durability: default_durability(),
             max_age: None,
             segment_bytes: default_segment_bytes(),
+            linger: default_linger(),
             retention_hours: None,
         }
     }
@@ -716,6 +734,21 @@ inputs = ["race"]
         let e = PipelineConfig::parse("p.toml", &old, &env).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.starts_with("p.toml:2:1: spool.retention_hours: was removed"), "{e}");
         let bad = format!("[spool]\nmax_age = \"soon\"\n{GOOD}").replace("data_dir = \"/tmp/x\"", "");
+        let e = PipelineConfig::parse("p.toml", &bad, &env).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("invalid duration \"soon\""), "{e}");
+    }
+
+    #[test]
+    fn embedded_and_spool_linger_are_durations_with_a_2ms_default() {
+        let c = PipelineConfig::parse("p.toml", GOOD, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.embedded.linger, c.spool.linger), (crate::spool::DEFAULT_LINGER, crate::spool::DEFAULT_LINGER));
+        assert_eq!(crate::spool::DEFAULT_LINGER, std::time::Duration::from_millis(2));
+        let text = format!("[embedded]\nlinger = \"5ms\"\n[spool]\nlinger = \"0ms\"\n{GOOD}")
+            .replace("data_dir = \"/tmp/x\"", "");
+        let c = PipelineConfig::parse("p.toml", &text, &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(c.embedded.linger, std::time::Duration::from_millis(5));
+        assert_eq!(c.spool.linger, std::time::Duration::ZERO);
+        let bad = format!("[embedded]\nlinger = \"soon\"\n{GOOD}").replace("data_dir = \"/tmp/x\"", "");
         let e = PipelineConfig::parse("p.toml", &bad, &env).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("invalid duration \"soon\""), "{e}");
     }

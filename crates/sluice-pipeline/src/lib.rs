@@ -11,6 +11,7 @@
 //! stream's store cannot write (`spool_write_failed`, `store_write_failed`).
 
 pub mod config;
+pub mod direct;
 pub mod embedded;
 pub mod embedded_reader;
 pub mod registry;
@@ -73,6 +74,35 @@ pub fn validate(cfg: &PipelineConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The sources written straight into the embedded stream ([`direct`]): per source, the first
+/// `kinesis` sink in the file that reads it and writes to the embedded stream in-process
+/// without `aggregate` (other sinks of the source read its spool as before).
+fn direct_routes(
+    cfg: &PipelineConfig,
+    store: &sluice_storage::Store,
+    api: &sluice_kinesis_api::LocalApi,
+    url: &str,
+) -> Vec<runtime::DirectRoute> {
+    let mut routes = Vec::new();
+    for source in &cfg.sources {
+        let target = cfg
+            .sinks
+            .iter()
+            .filter(|k| k.kind == "kinesis" && registry::wants_embedded(k) && k.inputs.contains(&source.name))
+            .find_map(|k| {
+                let mut options = k.options.clone();
+                options.insert("endpoint".into(), toml::Value::String(url.to_owned()));
+                // The sink was built from the same table, so this parses; if not, no route.
+                let config: sluice_sinks::kinesis::KinesisConfig = toml::Value::Table(options).try_into().ok()?;
+                direct::DirectTarget::new(&k.name, store.clone(), api.clone(), config)
+            });
+        if let Some(target) = target {
+            routes.push(runtime::DirectRoute { source: source.name.clone(), target });
+        }
+    }
+    routes
+}
+
 fn tempdir_like(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join(".validate")
 }
@@ -93,6 +123,7 @@ impl Pipeline {
         let embedded = if wanted {
             let mut store_cfg = sluice_storage::StoreConfig::new(data_dir.join("stream"));
             store_cfg.durability = durability(&cfg.embedded.durability);
+            store_cfg.linger = cfg.embedded.linger;
             let store = sluice_storage::Store::open(store_cfg)?;
             // The embedded stream also answers the DynamoDB API, so that `kinesis` sources
             // (here or in other processes) keep their KCL lease tables beside it.
@@ -133,11 +164,18 @@ impl Pipeline {
             spool: spool::SpoolOptions {
                 durability: durability(&cfg.spool.durability),
                 segment_bytes: cfg.spool.segment_bytes,
+                linger: cfg.spool.linger,
             },
             spool_max_age: cfg.spool.max_age,
             sink_failing_after: cfg.api.sink_failing_after,
         };
-        let running = runtime::start(&opts, sources, sinks)?;
+        let direct = match &embedded {
+            Some((server, store)) => {
+                direct_routes(&cfg, store, &server.local(), &format!("http://{}", server.local_addr))
+            }
+            None => Vec::new(),
+        };
+        let running = runtime::start_with(&opts, sources, sinks, direct)?;
         let (ops_stop, ops_rx) = tokio::sync::watch::channel(false);
         let health = Health {
             status: running.status.clone(),

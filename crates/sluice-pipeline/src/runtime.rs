@@ -26,12 +26,13 @@ use sluice_storage::StorageError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::direct::{Books, DirectTarget, DirectWriter};
 use crate::spool::{DispatchMark, SinkState, Spool, SpoolHistory, SpoolOptions, Watermark, skipped_by_read};
 
 /// How often the keeper trims the spools.
 const KEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts of a failing spool write.
-const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
+pub(crate) const MAX_WRITE_BACKOFF: Duration = Duration::from_secs(2);
 /// The alarm a source shows while its spool cannot be written.
 pub const SPOOL_BLOCKED: &str = "spool_blocked";
 /// The alarm a source shows while a sink's feeder cannot read its spool.
@@ -51,7 +52,7 @@ pub const DEFAULT_SINK_FAILING_AFTER: Duration = Duration::from_secs(60);
 
 /// Per source, the saved watermark of every sink reading it: the spool may be trimmed below
 /// the lowest.
-type Floors = Arc<Mutex<BTreeMap<String, BTreeMap<String, u64>>>>;
+pub(crate) type Floors = Arc<Mutex<BTreeMap<String, BTreeMap<String, u64>>>>;
 
 /// Bits of a record id that hold the spool ordinal; the bits above hold the input index.
 const ORDINAL_BITS: u32 = 48;
@@ -186,12 +187,56 @@ fn lock(s: &SharedStatus) -> std::sync::MutexGuard<'_, Status> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The live counters, locked (a poisoned lock is still used: they are only counters).
+pub(crate) fn lock_status(s: &SharedStatus) -> std::sync::MutexGuard<'_, Status> {
+    lock(s)
+}
+
 /// Starts sources, spool writers, feeders and sinks.
 pub fn start(
     opts: &RuntimeOptions,
     sources: Vec<(String, Box<dyn Source>)>,
     sinks: Vec<SinkSpec>,
 ) -> Result<Running, StorageError> {
+    start_with(opts, sources, sinks, Vec::new())
+}
+
+/// A source written straight into the embedded stream for one of its sinks (see
+/// [`crate::direct`]).
+pub struct DirectRoute {
+    /// The source's name.
+    pub source: String,
+    /// The embedded `kinesis` sink it is written for (not fed from the spool for this input).
+    pub target: DirectTarget,
+}
+
+/// [`start`], with sources on the direct path: each route's source is written into the
+/// embedded stream by a [`crate::direct`] writer instead of (or, when other sinks read it,
+/// after) its spool, and the route's sink is not fed that source from the spool.
+pub fn start_with(
+    opts: &RuntimeOptions,
+    sources: Vec<(String, Box<dyn Source>)>,
+    mut sinks: Vec<SinkSpec>,
+    direct: Vec<DirectRoute>,
+) -> Result<Running, StorageError> {
+    let source_names: Vec<&String> = sources.iter().map(|(n, _)| n).collect();
+    // One route per source, to a sink that reads it (anything else is ignored).
+    let mut routes: BTreeMap<String, DirectTarget> = BTreeMap::new();
+    for r in direct {
+        let reads = sinks.iter().any(|s| s.name == r.target.sink && s.inputs.contains(&r.source));
+        if reads && source_names.contains(&&r.source) && !routes.contains_key(&r.source) {
+            routes.insert(r.source, r.target);
+        }
+    }
+    // The direct sinks whose every input is direct have nothing to read from the spool.
+    let mut idle_sinks = Vec::new();
+    for spec in &mut sinks {
+        let before = spec.inputs.len();
+        spec.inputs.retain(|i| routes.get(i).is_none_or(|t| t.sink != spec.name));
+        if spec.inputs.is_empty() && before > 0 {
+            idle_sinks.push(spec.name.clone());
+        }
+    }
     // Sinks other sinks read (transforming handlers): their events are spooled under their
     // name, like a source's.
     let outputs: Vec<String> =
@@ -214,9 +259,31 @@ pub fn start(
     let mut watched_sources = Vec::new();
     let mut watched_sinks = Vec::new();
 
+    let mut direct_writers = Vec::new();
     for (name, source) in sources {
-        let resume = spool.last_cursor(&name)?;
+        let mut resume = spool.last_cursor(&name)?;
         let next = spool.next_ordinal(&name)?;
+        let route = routes.get(&name).cloned();
+        let spooled_too = readers.get(&name).is_some_and(|r| !r.is_empty());
+        let committed = route.as_ref().map(|t| {
+            let committed = t.committed(&name).unwrap_or_else(|| {
+                // No cursor committed yet (a new data dir, or one an earlier version wrote):
+                // the stream has what the sink acknowledged from the spool; the catch-up
+                // appends the rest.
+                let acked = SinkState::load(&state_dir, &t.sink)
+                    .ok()
+                    .and_then(|s| s.watermarks.get(&name).copied())
+                    .unwrap_or(0);
+                crate::direct::Committed { spool_ordinal: acked, cursor: None }
+            });
+            // The spool ahead of the stream is caught up before the source's first batch,
+            // so its cursor is the resume point; otherwise the stream's is (the spool is
+            // not written when no other sink reads the source).
+            if next.saturating_sub(1) <= committed.spool_ordinal && committed.cursor.is_some() {
+                resume = committed.cursor.clone();
+            }
+            committed
+        });
         gauge!("sluice_pipeline_spool_last_ordinal", "source" => name.clone()).set(next.saturating_sub(1) as f64);
         gauge!("sluice_pipeline_spool_first_ordinal", "source" => name.clone()).set(spool.first_ordinal(&name)? as f64);
         gauge!("sluice_pipeline_spool_blocked", "source" => name.clone()).set(0.0);
@@ -233,13 +300,25 @@ pub fn start(
         let (tx, rx) = mpsc::channel::<Event>(8192);
         let (spooled_tx, spooled_rx) = watch::channel(0u64);
         let (delivered_tx, delivered_rx) = watch::channel(0u64);
-        delivered_watches.push(DeliveredWatch {
-            source: name.clone(),
-            sinks: readers.get(&name).cloned().unwrap_or_default(),
-            first: next,
-            spooled: spooled_rx.clone(),
-            tx: delivered_tx,
-        });
+        let mut delivered_tx = Some(delivered_tx);
+        if let (Some(target), Some(committed)) = (&route, &committed) {
+            lock_floors(&floors).entry(name.clone()).or_default().insert(target.sink.clone(), committed.spool_ordinal);
+        }
+        match &route {
+            // Only the direct sink: an event is delivered when its append returns.
+            Some(_) if !spooled_too => {}
+            _ => {
+                let mut sinks = readers.get(&name).cloned().unwrap_or_default();
+                sinks.extend(route.as_ref().map(|t| t.sink.clone()));
+                delivered_watches.push(DeliveredWatch {
+                    source: name.clone(),
+                    sinks,
+                    first: next,
+                    spooled: spooled_rx.clone(),
+                    tx: delivered_tx.take().unwrap_or_else(|| watch::channel(0).0),
+                });
+            }
+        }
         watched_sources.push(WatchedSource { name: name.clone(), queue: tx.downgrade(), alarms: alarms.clone() });
         let ctx = SourceContext {
             name: name.clone(),
@@ -248,7 +327,10 @@ pub fn start(
             dead_letters: DeadLetters::new(&dead_dir, &name),
             shutdown: shutdown_rx.clone(),
             alarms: alarms.clone(),
-            history: Some(Arc::new(SpoolHistory::new(spool.clone(), name.clone()))),
+            history: match route.as_ref().and_then(|t| crate::direct::StreamHistory::new(t, &name)) {
+                Some(h) => Some(Arc::new(h)),
+                None => Some(Arc::new(SpoolHistory::new(spool.clone(), name.clone()))),
+            },
             spooled: Some(spooled_rx),
             delivered: Some(delivered_rx),
             report: report.clone(),
@@ -259,7 +341,30 @@ pub fn start(
                 tracing::error!(source = %source_name, error = %e, "source stopped");
             }
         }));
-        tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone(), alarms, spooled_tx)));
+        match (route, committed) {
+            (Some(target), Some(committed)) => {
+                tracing::info!(source = %name, sink = %target.sink, stream = %target.config.stream_name, spooled_too,
+                    "written straight into the embedded stream, with its cursor");
+                let writer = DirectWriter {
+                    dead_letters: DeadLetters::new(&dead_dir, &target.sink),
+                    target,
+                    source: name,
+                    spool: spool.clone(),
+                    spooled_too,
+                    committed,
+                    books: Books {
+                        status: status.clone(),
+                        alarms,
+                        spooled: spooled_tx,
+                        delivered: delivered_tx,
+                        floors: floors.clone(),
+                    },
+                };
+                // Spawned once every sink's status exists (it counts into the direct sink's).
+                direct_writers.push((writer, rx));
+            }
+            _ => tasks.push(tokio::spawn(spool_writer(spool.clone(), name, rx, status.clone(), alarms, spooled_tx))),
+        }
     }
 
     let mut sink_outputs: BTreeMap<String, (Output, JoinHandle<()>)> = BTreeMap::new();
@@ -325,6 +430,23 @@ pub fn start(
                 shutdown_rx.clone(),
             )));
         }
+        // A direct sink's watermark under a source that other sinks read from the spool: the
+        // spool ordinal up to which the stream has its events (kept by its direct writer).
+        for (source, target) in &routes {
+            if target.sink == spec.name
+                && let Some(&o) = lock_floors(&floors).get(source).and_then(|r| r.get(&spec.name))
+                && readers.get(source).is_some_and(|r| !r.is_empty())
+            {
+                sink_status.watermarks.insert(source.clone(), o);
+            }
+        }
+        if idle_sinks.contains(&spec.name) {
+            // Every input is written straight into the stream: nothing to feed, acknowledge
+            // or save; the direct writers count its deliveries.
+            lock(&status).sinks.insert(spec.name.clone(), sink_status);
+            tracing::info!(sink = %spec.name, "every input is written straight into the embedded stream");
+            continue;
+        }
         if sink_status.redelivered > 0 {
             counter!("sluice_pipeline_redelivered_total", "sink" => spec.name.clone())
                 .increment(sink_status.redelivered);
@@ -363,6 +485,9 @@ pub fn start(
     }
     tasks.push(tokio::spawn(keeper(spool.clone(), floors, status.clone(), opts.spool_max_age, shutdown_rx.clone())));
     let sink_alarms = Arc::new(watched_sinks.iter().map(|w| (w.name.clone(), w.alarms.clone())).collect());
+    for (writer, rx) in direct_writers {
+        tasks.push(tokio::spawn(writer.run(rx)));
+    }
     tasks.push(tokio::spawn(watch_delivered(delivered_watches, status.clone())));
     tasks.push(tokio::spawn(monitor(watched_sources, watched_sinks, opts.sink_failing_after, shutdown_rx)));
     Ok(Running {
@@ -377,7 +502,7 @@ pub fn start(
     })
 }
 
-fn lock_floors(f: &Floors) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, u64>>> {
+pub(crate) fn lock_floors(f: &Floors) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, u64>>> {
     f.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -29,13 +29,24 @@ pub struct SpoolOptions {
     pub durability: Durability,
     /// Segment size (the unit of trimming).
     pub segment_bytes: u64,
+    /// `[spool] linger`: how long the store's group commit waits for more appends before it
+    /// writes a group that is not full.
+    pub linger: std::time::Duration,
 }
 
 impl Default for SpoolOptions {
     fn default() -> Self {
-        SpoolOptions { durability: Durability::Fsync, segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES }
+        SpoolOptions {
+            durability: Durability::Fsync,
+            segment_bytes: StoreConfig::DEFAULT_SEGMENT_BYTES,
+            linger: DEFAULT_LINGER,
+        }
     }
 }
+
+/// Default of `[spool] linger` and `[embedded] linger`: long enough to gather the appends of a
+/// busy moment into one fsync, short enough not to be felt as latency.
+pub const DEFAULT_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// All spools of one pipeline.
 #[derive(Clone)]
@@ -285,6 +296,7 @@ impl Spool {
         let mut cfg = StoreConfig::new(dir.to_path_buf());
         cfg.durability = opts.durability;
         cfg.segment_bytes = opts.segment_bytes;
+        cfg.linger = opts.linger;
         // The runtime decides what may go (delivered, or past `max_age`), not the streams'
         // `retention_hours` (which spools of earlier versions still carry in their catalog).
         cfg.retention_thread = false;
@@ -357,6 +369,27 @@ impl Spool {
     fn read_stored(&self, source: &str, from: u64, max: usize) -> Result<(Vec<StoredRecord>, u64), StorageError> {
         let batch = self.store.read(source, TAG, 0, from, max, 4 * 1024 * 1024)?;
         Ok((batch.records, batch.next_ordinal))
+    }
+
+    /// Up to `max` events from `from` read back whole, with the cursor and origin spooled with
+    /// each, and the ordinal after the last one returned (the direct path's catch-up: events
+    /// spooled but not yet appended to the embedded stream when the process stopped).
+    pub fn read_events(&self, source: &str, from: u64, max: usize) -> Result<(Vec<(u64, Event)>, u64), StorageError> {
+        let (records, next) = self.read_stored(source, from, max)?;
+        let events = records
+            .into_iter()
+            .map(|r| {
+                let key = decode_key(&r.partition_key);
+                let event = Event {
+                    payload: Bytes::from(r.data),
+                    cursor: key.cursor.map(str::to_owned),
+                    received_ms: key.received_ms.unwrap_or(r.arrival_ms),
+                    origin: key.origin.map(Arc::new),
+                };
+                (r.ordinal, event)
+            })
+            .collect();
+        Ok((events, next))
     }
 
     /// One past the last spooled ordinal.

@@ -65,7 +65,7 @@ pub use config::{
     Compression, KinesisConfig, MAX_BATCH_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_BYTES, Ordering, RetryBackoff,
 };
 pub use dispatch::{CallError, Entry, EntryResult};
-pub use partition_key::PartitionKeySpec;
+pub use partition_key::{Key, PartitionKeySpec};
 pub use shard_map::{ShardInfo, ShardMap};
 pub use sink::{KinesisSink, compress};
 
