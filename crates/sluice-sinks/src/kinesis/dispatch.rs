@@ -445,7 +445,7 @@ impl Dispatcher {
             // The key's waiting records ride along, in order.
             if self.s.per_key {
                 while let Some(w) = self.waiting.get_mut(&key).and_then(|q| q.front()) {
-                    if !agg.fits(&user(w)) {
+                    if !agg.fits_parts(&w.key, None, w.data.len()) {
                         break 'build;
                     }
                     let Some(w) = self.waiting.get_mut(&key).and_then(|q| q.pop_front()) else { break };
@@ -454,7 +454,7 @@ impl Dispatcher {
                 }
             }
             match self.lanes[li].fresh.front() {
-                Some(f) if agg.fits(&user(f)) => next = self.pop_fresh(li),
+                Some(f) if agg.fits_parts(&f.key, None, f.data.len()) => next = self.pop_fresh(li),
                 _ => break,
             }
         }
