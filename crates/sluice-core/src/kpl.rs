@@ -282,17 +282,27 @@ impl Aggregator {
         self.is_empty() || self.size_with(record) <= self.max_bytes
     }
 
+    /// [`Aggregator::fits`] for a record given by its parts, without building a
+    /// [`UserRecord`] (no copy of the key or the data just to ask).
+    pub fn fits_parts(&self, partition_key: &str, explicit_hash_key: Option<&str>, data_len: usize) -> bool {
+        self.is_empty() || self.size() + self.growth_parts(partition_key, explicit_hash_key, data_len) <= self.max_bytes
+    }
+
     fn growth(&self, record: &UserRecord) -> usize {
+        self.growth_parts(&record.partition_key, record.explicit_hash_key.as_deref(), record.data.len())
+    }
+
+    fn growth_parts(&self, partition_key: &str, explicit_hash_key: Option<&str>, data_len: usize) -> usize {
         let mut grow = 0;
-        let pk_ix = match self.pk_index.get(&record.partition_key) {
+        let pk_ix = match self.pk_index.get(partition_key) {
             Some(&ix) => ix,
             None => {
-                grow += delimited_len(record.partition_key.len());
+                grow += delimited_len(partition_key.len());
                 self.pk_index.len() as u64
             }
         };
-        let mut inner = 1 + varint_len(pk_ix) + delimited_len(record.data.len());
-        if let Some(ehk) = &record.explicit_hash_key {
+        let mut inner = 1 + varint_len(pk_ix) + delimited_len(data_len);
+        if let Some(ehk) = explicit_hash_key {
             let ix = match self.ehk_index.get(ehk) {
                 Some(&ix) => ix,
                 None => {
@@ -342,11 +352,18 @@ impl Aggregator {
 
     /// The aggregate blob (magic + protobuf + MD5), even for zero or one record.
     pub fn encode_aggregate(&self) -> Vec<u8> {
-        let body = self.msg.encode_to_vec();
-        let mut out = Vec::with_capacity(FRAMING_LEN + body.len());
+        // Encoded straight after the magic, in a buffer of the exact final size (no copy of the
+        // body); the MD5 is of the body in place.
+        let body_len = self.msg.encoded_len();
+        let mut out = Vec::with_capacity(FRAMING_LEN + body_len);
         out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&Md5::digest(&body));
+        if self.msg.encode(&mut out).is_err() {
+            // Not reachable (a Vec grows as needed), but never worth a panic.
+            out.truncate(MAGIC.len());
+            out.extend_from_slice(&self.msg.encode_to_vec());
+        }
+        let digest = Md5::digest(&out[MAGIC.len()..]);
+        out.extend_from_slice(&digest);
         out
     }
 
@@ -504,6 +521,22 @@ mod tests {
         }
         assert!(agg.size() <= 1000);
         assert!(n > 10);
+    }
+
+    #[test]
+    fn fits_parts_agrees_with_fits() {
+        let mut agg = Aggregator::new(700);
+        for n in 0..200usize {
+            let mut r = rec(&format!("k{}", n % 5), &vec![b'y'; n % 90]);
+            if n % 3 == 0 {
+                r.explicit_hash_key = Some(format!("{}", n % 4));
+            }
+            let parts = agg.fits_parts(&r.partition_key, r.explicit_hash_key.as_deref(), r.data.len());
+            assert_eq!(parts, agg.fits(&r), "record {n}");
+            if agg.try_push(r).is_err() {
+                agg = Aggregator::new(700);
+            }
+        }
     }
 
     proptest! {

@@ -90,11 +90,23 @@ impl CursorOrder {
 
 /// A cursor's integer value, when it is one (optional sign, ASCII digits, fits in i128).
 pub(crate) fn parse_int(cursor: &str) -> Option<i128> {
-    let digits = cursor.strip_prefix('-').unwrap_or(cursor);
-    if digits.is_empty() || digits.len() > 38 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let (negative, digits) = match cursor.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, cursor),
+    };
+    if digits.is_empty() || digits.len() > 38 {
         return None;
     }
-    cursor.parse().ok()
+    // At most 38 digits: below 10^38 < i128::MAX, so no overflow. Runs for every message,
+    // several times, so it avoids the general parser.
+    let mut value: i128 = 0;
+    for b in digits.bytes() {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i128::from(b - b'0');
+    }
+    Some(if negative { -value } else { value })
 }
 
 #[cfg(test)]
@@ -168,5 +180,12 @@ mod tests {
         assert_eq!(parse_int("1e3"), None);
         assert_eq!(parse_int(""), None);
         assert_eq!(parse_int("-"), None);
+        assert_eq!(parse_int("--3"), None);
+        assert_eq!(parse_int("3 "), None);
+        let max = "9".repeat(38);
+        assert_eq!(parse_int(&max), max.parse().ok());
+        assert_eq!(parse_int(&format!("-{max}")), format!("-{max}").parse().ok());
+        assert_eq!(parse_int(&"9".repeat(39)), None);
+        assert_eq!(parse_int("170141183460469231731687303715884105727"), None, "39 digits");
     }
 }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::{FxHashMap, FxHashSet};
 use sluice_core::kpl::{Aggregator, UserRecord};
 
 use super::config::RetryBackoff;
@@ -115,8 +116,8 @@ impl Entry {
 
     /// Its partition keys, each once, in first-seen order.
     fn keys(&self) -> Vec<Arc<str>> {
-        let mut seen = std::collections::HashSet::new();
-        self.records.iter().filter(|r| seen.insert(r.key.clone())).map(|r| r.key.clone()).collect()
+        let mut seen = FxHashSet::default();
+        self.records.iter().filter(|r| seen.insert(&*r.key)).map(|r| r.key.clone()).collect()
     }
 }
 
@@ -249,7 +250,10 @@ pub struct Dispatcher {
     stats: Stats,
     map: ShardMap,
     lanes: Vec<Lane>,
-    waiting: HashMap<Arc<str>, VecDeque<Prepared>>,
+    /// Per busy key (`per_key` only), its records waiting for the key's entry to settle.
+    /// FxHash: a lookup per record on short keys; the table holds at most the records the
+    /// sink holds.
+    waiting: FxHashMap<Arc<str>, VecDeque<Prepared>>,
     parked: Vec<(Entry, Arc<str>)>,
     held: usize,
     held_bytes: usize,
@@ -267,7 +271,7 @@ impl Dispatcher {
             stats,
             map: ShardMap::default(),
             lanes: vec![Lane::new(None, None)],
-            waiting: HashMap::new(),
+            waiting: FxHashMap::default(),
             parked: Vec::new(),
             held: 0,
             held_bytes: 0,
@@ -441,7 +445,7 @@ impl Dispatcher {
             // The key's waiting records ride along, in order.
             if self.s.per_key {
                 while let Some(w) = self.waiting.get_mut(&key).and_then(|q| q.front()) {
-                    if !agg.fits(&user(w)) {
+                    if !agg.fits_parts(&w.key, None, w.data.len()) {
                         break 'build;
                     }
                     let Some(w) = self.waiting.get_mut(&key).and_then(|q| q.pop_front()) else { break };
@@ -450,7 +454,7 @@ impl Dispatcher {
                 }
             }
             match self.lanes[li].fresh.front() {
-                Some(f) if agg.fits(&user(f)) => next = self.pop_fresh(li),
+                Some(f) if agg.fits_parts(&f.key, None, f.data.len()) => next = self.pop_fresh(li),
                 _ => break,
             }
         }
@@ -664,27 +668,42 @@ impl Dispatcher {
 
     fn kill(&mut self, e: Entry, reason: &'static str, detail: &str, report: &mut Report) {
         self.stats.dead_lettered.increment(e.records.len() as u64);
-        let keys = self.keys_to_release(&e);
+        self.release_records(&e.records);
         for r in e.records {
             self.held -= 1;
             self.held_bytes -= r.size();
             report.dead.push((r, reason, detail.to_owned()));
         }
-        self.release(&keys);
     }
 
     fn deliver(&mut self, e: Entry, report: &mut Report) {
-        let keys = self.keys_to_release(&e);
+        self.release_records(&e.records);
+        report.delivered.reserve(e.records.len());
         for r in e.records {
             self.held -= 1;
             self.held_bytes -= r.size();
             report.delivered.push(r);
         }
-        self.release(&keys);
     }
 
-    fn keys_to_release(&self, e: &Entry) -> Vec<Arc<str>> {
-        if self.s.per_key { e.keys() } else { Vec::new() }
+    /// A settled entry's keys, each once, in first-seen order, are free again (see
+    /// [`Dispatcher::release`]); without collecting them for the usual one-record entry.
+    fn release_records(&mut self, records: &[Prepared]) {
+        if !self.s.per_key {
+            return;
+        }
+        match records {
+            [] => {}
+            [one] => self.release_key(&one.key),
+            many => {
+                let mut seen: FxHashSet<&str> = FxHashSet::default();
+                for r in many {
+                    if seen.insert(&r.key) {
+                        self.release_key(&r.key);
+                    }
+                }
+            }
+        }
     }
 
     /// The keys' entry is done: each key's next waiting record becomes sendable.
@@ -693,16 +712,21 @@ impl Dispatcher {
             return;
         }
         for key in keys {
-            let next = match self.waiting.get_mut(key) {
-                Some(q) => q.pop_front(),
-                None => continue,
-            };
-            match next {
-                // It has waited already: put it first so linger does not delay it again.
-                Some(p) => self.push_fresh(p, true),
-                None => {
-                    self.waiting.remove(key);
-                }
+            self.release_key(key);
+        }
+    }
+
+    /// One key's entry is done: its next waiting record becomes sendable, or the key is free.
+    fn release_key(&mut self, key: &str) {
+        let next = match self.waiting.get_mut(key) {
+            Some(q) => q.pop_front(),
+            None => return,
+        };
+        match next {
+            // It has waited already: put it first so linger does not delay it again.
+            Some(p) => self.push_fresh(p, true),
+            None => {
+                self.waiting.remove(key);
             }
         }
     }

@@ -2,12 +2,12 @@
 //! the [`Dispatcher`], whose batches are sent as concurrent PutRecords calls; answers come back
 //! to the dispatcher, which acknowledges, dead-letters or retries.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 use sluice_flow::{Ack, BoxFuture, DeadLetters, FlowError, Record, Sink, SinkContext};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -98,7 +98,7 @@ async fn run(sink: KinesisSink, ctx: SinkContext) -> Result<(), FlowError> {
     let preparer = tokio::spawn(prepare(
         records,
         prep_tx,
-        Preparer { spec, compression: config.compression, stats: stats.clone(), keys: HashMap::new() },
+        Preparer { spec, compression: config.compression, stats: stats.clone(), keys: FxHashMap::default() },
         out.acks.clone(),
         out.dead_letters.clone(),
     ));
@@ -335,7 +335,7 @@ struct Preparer {
     stats: Stats,
     /// Recent keys with their MD5 hashes: a feed has a working set of keys (racers, symbols,
     /// devices), so most records reuse one instead of allocating and hashing it again.
-    keys: HashMap<Arc<str>, u128>,
+    keys: FxHashMap<Arc<str>, u128>,
 }
 
 /// Most keys the preparer remembers before starting over.
