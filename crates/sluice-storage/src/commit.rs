@@ -71,9 +71,10 @@ impl Queue {
     }
 
     /// Waits up to `linger` for more requests to join `into` (so that at low rates one fsync
-    /// covers several appends); returns early once enough records are pending.
+    /// covers several appends); returns early once enough records are pending. A group that
+    /// is already large does not wait: at high rates the fsync itself gathers the next group.
     fn linger(&self, into: &mut Vec<Request>, linger: std::time::Duration) {
-        const ENOUGH: usize = 4096;
+        const ENOUGH: usize = 256;
         let count =
             |reqs: &[Request]| reqs.iter().map(|r| r.parts.iter().map(|p| p.1.len()).sum::<usize>()).sum::<usize>();
         let mut have = count(into);
