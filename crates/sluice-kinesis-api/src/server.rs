@@ -523,9 +523,6 @@ async fn handle(
     format: Format,
     op: &str,
 ) -> Result<Response, ApiError> {
-    if parts.method != Method::POST {
-        return Err(ApiError::unknown_operation(format!("Unsupported method {}", parts.method)));
-    }
     let limit = st.config.max_body_bytes;
     // A declared length over the limit is refused before any of the body is read.
     if declared_length(&parts.headers).is_some_and(|n| n > limit as u64) {
